@@ -200,18 +200,67 @@ class Owl:
 
     def generate_batch(self, conversations: Sequence, batch_size: int = 8, progress: bool = False,
                        truncate: bool = False, **generation) -> list[str]:
-        """Replies to many conversations, ``batch_size`` at a time (similar lengths batched together)."""
+        """Replies to many conversations, ``batch_size`` rows at a time.
+
+        Runs on the server's continuous-batching engine (:meth:`Scheduler.run
+        <owlkit.serving.scheduler.Scheduler.run>`): prompts of similar length are prefilled
+        together, the cache grows in place, and a finished answer's row is refilled with the
+        next conversation at once. Greedy answers equal :meth:`chat`'s. With ``seed`` each
+        answer is drawn with its own generator seeded with it (independent of its neighbours);
+        ``repetition_penalty`` goes through ``transformers``' ``generate`` instead.
+        """
         if batch_size <= 0:
             raise InputError("batch_size must be positive")
         self._generate_kwargs(generation)  # validate the options before any work
-        encoded = [self.processor.encode(c, reserve=1, truncate=truncate)[0] for c in conversations]
-        order = sorted(range(len(conversations)), key=lambda i: self.processor.positions(encoded[i]))
-        answers: list[str | None] = [None] * len(conversations)
+        encoded = [self.processor.encode(c, reserve=1, truncate=truncate) for c in conversations]
+        order = sorted(range(len(conversations)), key=lambda i: self.processor.positions(encoded[i][0]))
         bar = None
         if progress:
             from tqdm import tqdm
 
             bar = tqdm(total=len(order), unit="answer")
+        try:
+            if generation.get("repetition_penalty") not in (None, 1, 1.0):
+                return self._generate_batch_hf(conversations, order, batch_size, truncate, generation, bar)
+            return self._generate_batch_engine(encoded, order, batch_size, generation, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _generate_batch_engine(self, encoded, order, batch_size, generation, bar) -> list[str]:
+        from owlkit.serving.scheduler import Job, Scheduler
+
+        temperature = float(generation.get("temperature") or 0.0)
+        wanted = int(generation.get("max_new_tokens") or 256)
+        stops = self._stops(generation)
+        jobs: dict[int, Job] = {}
+
+        def make_jobs():
+            for i in order:
+                ids, images = encoded[i]
+                used = self.processor.positions(ids)
+                room = self.processor.max_length - used if self.processor.max_length else wanted
+                jobs[i] = Job(
+                    input_ids=list(ids),
+                    pixel_values=self.processor.image_processor(images).to(self.model.dtype) if images else None,
+                    prompt_tokens=used,
+                    max_new_tokens=max(1, min(wanted, room)),
+                    temperature=temperature,
+                    top_p=float(generation.get("top_p") if generation.get("top_p") is not None else 1.0),
+                    top_k=int(generation.get("top_k") or 0),
+                    seed=generation.get("seed"),
+                    stops=stops,
+                )
+                yield jobs[i]
+
+        engine = Scheduler(self, max_batch=batch_size)
+        if bar is not None:
+            engine.on_retire = lambda job: bar.update(1)
+        engine.run(make_jobs())
+        return [jobs[i].text for i in range(len(encoded))]
+
+    def _generate_batch_hf(self, conversations, order, batch_size, truncate, generation, bar) -> list[str]:
+        answers: list[str | None] = [None] * len(conversations)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = self._inputs([conversations[i] for i in idx], truncate=truncate)
@@ -223,8 +272,6 @@ class Owl:
                 answers[i] = self._finish(out[row, width:].tolist(), generation)
             if bar is not None:
                 bar.update(len(idx))
-        if bar is not None:
-            bar.close()
         return answers  # type: ignore[return-value]
 
 

@@ -70,6 +70,33 @@ def test_batched_answers_equal_one_by_one(owl_api, images):
     assert owl_api.ask(str(images[0]), "what colour is the square", max_new_tokens=6) == singles[0]
 
 
+def test_generate_batch_refills_rows_and_keeps_options(owl_api, images):
+    """Rows end at different steps (refilled at once); sampling with a seed does not depend on
+    the neighbours; repetition_penalty takes the transformers path and still equals chat."""
+    from owlkit.serving.scheduler import Scheduler
+
+    convs = [_conv(f"question {k}", images[k % 3:k % 3 + 1]) for k in range(5)] + [_conv("hello")]
+    steps = []
+    original = Scheduler._decode
+
+    def counting(self, rows):
+        steps.append(len(rows))
+        return original(self, rows)
+
+    Scheduler._decode = counting
+    try:
+        stop = owl_api.chat(convs[0], max_new_tokens=4)[:2]  # cuts some answers early
+        singles = [owl_api.chat(c, max_new_tokens=7, stop=[stop]) for c in convs]
+        assert owl_api.generate_batch(convs, batch_size=2, max_new_tokens=7, stop=[stop]) == singles
+    finally:
+        Scheduler._decode = original
+    assert max(steps) == 2 and sum(steps) < 6 * 6  # rows that stopped early freed their slot
+    drawn = owl_api.generate_batch(convs[:3], batch_size=3, max_new_tokens=5, temperature=1.0, seed=7)
+    assert owl_api.generate_batch(convs[:1], max_new_tokens=5, temperature=1.0, seed=7)[0] == drawn[0]
+    penalised = [owl_api.chat(c, max_new_tokens=6, repetition_penalty=1.3) for c in convs[:3]]
+    assert owl_api.generate_batch(convs[:3], batch_size=2, max_new_tokens=6, repetition_penalty=1.3) == penalised
+
+
 def test_streaming_gives_the_same_text(owl_api, images):
     conv = _conv("describe the image", images[:1])
     pieces = list(owl_api.chat(conv, stream=True, max_new_tokens=8))

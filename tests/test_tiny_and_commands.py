@@ -56,3 +56,32 @@ def test_tiny_text_corpus_and_mam_init(tmp_path):
     state = load_file(str(tmp_path / "init" / "model.safetensors"))
     text_names = [k for k in state if ".text." in k]
     assert text_names and all(torch.equal(state[k], state[k.replace(".text.", ".visual.")]) for k in text_names)
+
+
+def test_tiny_init_keeps_the_image_signal(tmp_path):
+    """owl-tiny starts from unit-gain weights: the picture still shows in the visual tokens.
+
+    With the LLaMA/CLIP std of 0.02 at owl-tiny's widths the visual tokens of two different
+    images agree to ~1e-6 of their norm and the model cannot learn colours (docs/owl-tiny.md).
+    """
+    import math
+
+    from owlkit.checkpoints import load_model
+    from owlkit.data.synth import Obj, Scene, render
+    from owlkit.processing.images import OwlImageProcessor
+    from owlkit.tiny import init_model
+
+    init_model(tmp_path, 300, 3, seed=0)
+    model = load_model(tmp_path).eval()
+    for name, p in model.named_parameters():
+        if name.endswith("weight") and p.ndim >= 2 and "embed_tokens" not in name and "position" not in name:
+            expected = 1 / math.sqrt(p[0].numel())
+            assert abs(p.std().item() / expected - 1) < 0.15, name
+    scenes = [Scene(objects=[Obj("circle", colour, "big", 1, 1)], word=None, noise=0.0, noise_seed=0)
+              for colour in ("red", "blue")]
+    size = model.config.vision_config.image_size
+    pixels = OwlImageProcessor(size, generation=2)([render(s, size) for s in scenes])
+    with torch.no_grad():
+        feats = model.encode_images(pixels)
+    spread = (feats[0] - feats[1]).norm() / feats.norm(dim=(1, 2)).mean()
+    assert spread > 0.01

@@ -165,6 +165,27 @@ def test_freezing_follows_the_papers(preset, stage, rule):
     assert sum(t + f for t, f in counts.values()) == total
 
 
+def test_also_train_adds_whole_modules_to_a_stage(tmp_path):
+    """``also_train: [vision]`` (owl-tiny's stage 2): the stage's policy plus the vision encoder,
+    which then gets its layer-wise decayed rates; a typo is a one-line error."""
+    from owlkit.errors import ConfigError
+    from owlkit.training.params import apply_stage, param_groups
+    from owlkit.training.recipe import load_recipe
+
+    model = _model("test-owl2")
+    apply_stage(model, "owl2_stage2", ["vision"])
+    assert all(p.requires_grad for p in model.parameters())
+    groups = param_groups(model.named_parameters(), lr=1.0, weight_decay=0.0, layer_decay=0.5, num_vision_layers=2)
+    rates = {n: g["lr"] for g in groups for n in g["param_names"]}
+    assert rates["vision.embeddings.patch_embed.weight"] == 0.125 and rates["lm_head.weight"] == 1.0
+    base = {"stage": "owl2_stage2", "model": {"preset": "test-owl2"}, "data": {"sources": [{"type": "random"}]},
+            "train": {"steps": 1},
+            "output_dir": str(tmp_path)}
+    assert load_recipe({**base, "also_train": ["vision"]})["also_train"] == ["vision"]
+    with pytest.raises(ConfigError, match="also_train must be a list of vision"):
+        load_recipe({**base, "also_train": ["visoin"]})
+
+
 def test_param_groups_layer_decay_and_no_weight_decay():
     """Every parameter's group and learning rate (BEiT convention, L = 2 vision layers)."""
     from owlkit.training.params import apply_stage, param_groups

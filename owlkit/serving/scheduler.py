@@ -18,6 +18,10 @@ decoding loop over a set of *running rows* (at most ``max_batch``), with their k
 5. **Evict.** Finished and cancelled rows leave the batch (and the cache) before the next step,
    so their slot is free for the next waiting job at once.
 
+The same engine runs offline: :meth:`Scheduler.run` takes a list of jobs and drives steps 2-5
+in the calling thread until all are done (no worker thread, no asyncio), which is how
+:meth:`owlkit.Owl.generate_batch` batches.
+
 Sampling settings are per row (:func:`_choose`): greedy rows take their arg-max, sampling rows
 draw from their own temperature / top-k / top-p distribution, with their own
 ``torch.Generator`` when the request has a ``seed`` (so a seeded answer does not depend on
@@ -34,7 +38,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator, Iterable, Sequence
 
 import torch
 
@@ -334,6 +338,7 @@ class Scheduler:
         self.cancelled = 0
         self.failed = 0
         self.tokens = 0
+        self.on_retire = None  # optional callback(job), called as each job ends
 
     # -- life cycle ----------------------------------------------------------------------------
     def start(self) -> "Scheduler":
@@ -393,6 +398,35 @@ class Scheduler:
         self._inbox.put(job)
         return job
 
+    # -- offline -------------------------------------------------------------------------------
+    def run(self, jobs: Iterable[Job]) -> None:
+        """Generate every job to its end in the calling thread, ``max_batch`` rows at a time.
+
+        ``jobs`` is read lazily (a generator can build each job, images included, only when a
+        slot is free). A finished row's slot goes to the next job before the next step
+        (continuous batching); each job's reply is in ``job.text``. Errors propagate. Not while
+        the worker thread runs.
+        """
+        if self.alive:
+            raise RuntimeError("the scheduler's worker thread is running; submit() jobs instead")
+        source, exhausted = iter(jobs), False
+        rows: _Rows | None = None
+        with torch.inference_mode():
+            while not exhausted or rows is not None:
+                free = self.max_batch - (len(rows) if rows is not None else 0)
+                new = list(itertools.islice(source, free)) if not exhausted and free > 0 else []
+                exhausted = exhausted or len(new) < free
+                if new:
+                    start = time.perf_counter()
+                    fresh = self._prefill(new)
+                    self.busy_s += time.perf_counter() - start
+                    if len(fresh):
+                        rows = fresh if rows is None else rows.join(fresh)
+                if rows is not None:
+                    start = time.perf_counter()
+                    rows = self._decode(rows)
+                    self.busy_s += time.perf_counter() - start
+
     # -- the worker ----------------------------------------------------------------------------
     def _next(self, timeout: float) -> Job | None:
         try:
@@ -431,6 +465,8 @@ class Scheduler:
             self.failed += 1
         else:
             self.completed += 1
+        if self.on_retire is not None:
+            self.on_retire(job)
 
     def _work(self) -> None:
         torch.set_grad_enabled(False)

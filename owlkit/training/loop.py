@@ -289,7 +289,7 @@ class _Run:
         seed = int(t["seed"])
         model = build_model(r, seed)
         self.config = model.config
-        apply_stage(model, r["stage"])
+        apply_stage(model, r["stage"], r.get("also_train") or ())
         if t["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
             for part in (model.vision, model.abstractor):

@@ -12,6 +12,9 @@ owl1_stage1    vision encoder and abstractor (language model frozen)
 owl1_stage2    LoRA adapters on the language model + ``lora.modules_to_save`` (abstractor)
 =============  =========================================================================
 
+The recipe's ``also_train`` adds whole top-level modules to a stage's policy (owl-tiny's stage 2
+trains its from-scratch vision encoder: ``also_train: [vision]``).
+
 With ``lora`` set (instruction stages only) every base parameter is frozen and peft trains the
 adapters plus the modules named in ``lora.modules_to_save``.
 
@@ -76,10 +79,13 @@ def stage_trainable(stage: str, name: str) -> bool:
     raise ConfigError(f"unknown stage {stage!r}")
 
 
-def apply_stage(model: torch.nn.Module, stage: str) -> None:
-    """Set ``requires_grad`` of every parameter of an (unwrapped) OwlForCausalLM for ``stage``."""
+def apply_stage(model: torch.nn.Module, stage: str, also_train: Iterable[str] = ()) -> None:
+    """Set ``requires_grad`` of every parameter of an (unwrapped) OwlForCausalLM for ``stage``;
+    the top-level modules in ``also_train`` (recipe key ``also_train``) train as well."""
+    also = set(also_train)
     for name, p in model.named_parameters():
-        p.requires_grad_(stage_trainable(stage, canonical_name(name)))
+        canonical = canonical_name(name)
+        p.requires_grad_(stage_trainable(stage, canonical) or canonical.split(".", 1)[0] in also)
 
 
 # ---------------------------------------------------------------------------------------------

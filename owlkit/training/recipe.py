@@ -23,6 +23,7 @@ from typing import Any
 from owlkit.errors import ConfigError
 
 STAGES = ("owl2_stage1", "owl2_stage2", "owl1_stage1", "owl1_stage2")
+TOP_MODULES = ("vision", "abstractor", "language_model", "lm_head")
 
 #: Every recipe key and its default. ``None`` leaves a choice to the code (documented there).
 DEFAULTS: dict[str, Any] = {
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
         "dtype": "float32",  # dtype of the weights the optimiser updates
     },
     "stage": "owl2_stage2",
+    "also_train": [],  # top-level modules trained on top of the stage's policy, e.g. [vision]
     "lora": None,  # {r, alpha, dropout, target_modules, modules_to_save}; see LORA_DEFAULTS
     "data": {
         "sources": [],  # [{type: llava|owl_jsonl|captions|wds|text|random, path, image_root, weight}]
@@ -89,7 +91,7 @@ LORA_DEFAULTS: dict[str, Any] = {
 }
 
 #: Keys whose value is a free-form mapping or list (no key checking below them here).
-_FREE = {"lora", "data.sources", "model.components", "optim.betas"}
+_FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train"}
 
 _CHOICES = {
     "stage": STAGES,
@@ -368,7 +370,15 @@ def validate(recipe: Recipe) -> Recipe:
             raise ConfigError("lora.target_modules is empty; name the decoder projections to adapt (e.g. [q_proj, v_proj])")
         if recipe["stage"] not in ("owl1_stage2", "owl2_stage2"):
             raise ConfigError(f"LoRA is for instruction tuning (stage owl1_stage2 or owl2_stage2), not {recipe['stage']}")
-    elif recipe["stage"] == "owl1_stage2":
+    also = recipe.get("also_train") or []
+    if isinstance(also, str):
+        also = [also]
+    if not isinstance(also, list) or any(m not in TOP_MODULES for m in also):
+        raise ConfigError(f"also_train must be a list of {', '.join(TOP_MODULES)}, got {recipe.get('also_train')!r}")
+    if also and lora is not None:
+        raise ConfigError("also_train cannot be combined with lora (peft decides what trains); use lora.modules_to_save")
+    recipe["also_train"] = also
+    if lora is None and recipe["stage"] == "owl1_stage2":
         raise ConfigError("stage owl1_stage2 tunes the language model through LoRA; set lora (e.g. lora.r=8) "
                           "or use stage owl2_stage2 for full tuning")
     return recipe
