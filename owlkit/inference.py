@@ -231,6 +231,8 @@ class Owl:
         from owlkit.serving.scheduler import Job, Scheduler
 
         temperature = float(generation.get("temperature") or 0.0)
+        top_p = float(generation.get("top_p") if generation.get("top_p") is not None else 1.0)
+        top_k = int(generation.get("top_k") or 0)
         wanted = int(generation.get("max_new_tokens") or 256)
         stops = self._stops(generation)
         jobs: dict[int, Job] = {}
@@ -246,8 +248,8 @@ class Owl:
                     prompt_tokens=used,
                     max_new_tokens=max(1, min(wanted, room)),
                     temperature=temperature,
-                    top_p=float(generation.get("top_p") if generation.get("top_p") is not None else 1.0),
-                    top_k=int(generation.get("top_k") or 0),
+                    top_p=top_p,
+                    top_k=top_k,
                     seed=generation.get("seed"),
                     stops=stops,
                 )

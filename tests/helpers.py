@@ -73,3 +73,14 @@ def make_model_folder(folder, preset: str = "test-owl2", seed: int = 0):
     model.config.image_token_id = image_id
     model.save_pretrained(folder)
     return model
+
+
+def with_overrides(recipe: dict, over: dict) -> dict:
+    """``recipe`` with ``over``'s values set; ``a__b`` keys address nested sections (``optim__lr``)."""
+    for key, value in over.items():
+        node = recipe
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return recipe

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from helpers import with_overrides
 from owlkit.cli import main as owl
 from owlkit.errors import ConfigError, OwlError
 from owlkit.training.recipe import load_recipe
@@ -26,13 +27,7 @@ def tiny(out, **over) -> dict:
         "log": {"progress": False},
         "output_dir": str(out),
     }
-    for key, value in over.items():
-        node = recipe
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return recipe
+    return with_overrides(recipe, over)
 
 
 def losses(result) -> list[float]:
@@ -184,6 +179,8 @@ def test_also_train_adds_whole_modules_to_a_stage(tmp_path):
     assert load_recipe({**base, "also_train": ["vision"]})["also_train"] == ["vision"]
     with pytest.raises(ConfigError, match="also_train must be a list of vision"):
         load_recipe({**base, "also_train": ["visoin"]})
+    with pytest.raises(ConfigError, match="cannot be combined with lora"):
+        load_recipe({**base, "also_train": ["vision"], "lora": {"r": 4}})
 
 
 def test_param_groups_layer_decay_and_no_weight_decay():

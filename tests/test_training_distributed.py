@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import with_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,13 +37,7 @@ def tiny(out, **over) -> dict:
         "log": {"progress": False},
         "output_dir": str(out),
     }
-    for key, value in over.items():
-        node = recipe
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return recipe
+    return with_overrides(recipe, over)
 
 
 def _env(**extra) -> dict:
