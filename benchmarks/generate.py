@@ -5,7 +5,11 @@ and one at a time with ``Owl.chat``, in the same run; prints JSON with the speed
 least 4x). For transparency it also times ``generate_batch`` at batch size 1: that isolates what
 batching itself gives from what the batching engine's leaner decoding loop gives.
 
-    python benchmarks/generate.py [--threads 2] [--questions 16] [--max-new-tokens 32]
+On a shared machine one timing can be off by a third, so the three timings are repeated
+(``--rounds``, default 3) and the median speed-up is reported with the extremes, each round
+with the machine's matmul rate measured just before it.
+
+    python benchmarks/generate.py [--threads 2] [--questions 16] [--max-new-tokens 32] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +38,16 @@ def tiny_tokenizer(folder: Path):
     return OwlTokenizer.from_sentencepiece(folder / "tokenizer.model")
 
 
+def matmul_gflops(n: int = 1024, repeat: int = 10) -> float:
+    """This machine's fp32 matmul rate right now (shared machines vary from minute to minute)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return repeat * 2 * n**3 / (time.perf_counter() - start) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -40,6 +55,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--rounds", type=int, default=3, help="repeat the three timings; the median is reported")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -68,27 +84,39 @@ def main() -> None:
     gen = {"max_new_tokens": args.max_new_tokens}
     owl.generate_batch(convs[:2], batch_size=2, **gen)  # warm-up
 
-    start = time.perf_counter()
-    singles = [owl.chat(c, **gen) for c in convs]
-    t_single = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = owl.generate_batch(convs, batch_size=args.batch_size, **gen)
-    t_batch = time.perf_counter() - start
-    start = time.perf_counter()
-    engine_singles = owl.generate_batch(convs, batch_size=1, **gen)
-    t_engine_single = time.perf_counter() - start
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - start, out
+
+    rounds = []
+    for _ in range(args.rounds):
+        gflops = matmul_gflops()
+        t_single, singles = timed(lambda: [owl.chat(c, **gen) for c in convs])
+        t_batch, batched = timed(lambda: owl.generate_batch(convs, batch_size=args.batch_size, **gen))
+        t_engine_single, engine_singles = timed(lambda: owl.generate_batch(convs, batch_size=1, **gen))
+        rounds.append({
+            "matmul_gflops": round(gflops, 1),
+            "one_by_one_answers_per_s": round(args.questions / t_single, 3),
+            f"batch{args.batch_size}_answers_per_s": round(args.questions / t_batch, 3),
+            "batch1_answers_per_s": round(args.questions / t_engine_single, 3),
+            "speedup": round(t_single / t_batch, 3),
+            "speedup_over_batch1": round(t_engine_single / t_batch, 3),
+            "identical_answers": sum(a == b == c for a, b, c in zip(singles, batched, engine_singles)),
+        })
+    speedups = [r["speedup"] for r in rounds]
     result = {
         "preset": args.preset,
         "threads": args.threads,
         "questions": args.questions,
         "max_new_tokens": args.max_new_tokens,
-        "one_by_one_answers_per_s": args.questions / t_single,
-        f"batch{args.batch_size}_answers_per_s": args.questions / t_batch,
-        "speedup": t_single / t_batch,
+        "speedup": statistics.median(speedups),
+        "speedup_min": min(speedups),
+        "speedup_max": max(speedups),
+        "speedup_over_batch1": statistics.median(r["speedup_over_batch1"] for r in rounds),
         "target": 4.0,
-        "batch1_answers_per_s": args.questions / t_engine_single,
-        "speedup_over_batch1": t_engine_single / t_batch,
-        "identical_answers": sum(a == b == c for a, b, c in zip(singles, batched, engine_singles)),
+        "identical_answers": min(r["identical_answers"] for r in rounds),
+        "rounds": rounds,
     }
     print(json.dumps(result, indent=2))
 

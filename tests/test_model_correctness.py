@@ -159,6 +159,9 @@ def test_cpu_decoding_layout_keeps_the_numbers(tmp_path):
     ref_ids = model.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=5, do_sample=False)
     layout = cpu_decoding.optimize_for_cpu_decoding(model)
     assert layout in ("onednn-packed", "column-major")
+    if layout == "onednn-packed":  # gate and up as one product; the vision MLPs' QuickGELU as a SiLU
+        assert sum(isinstance(m, cpu_decoding.PackedGatedMLP) for m in model.modules()) == 2
+        assert sum(isinstance(m, torch.nn.SiLU) for m in model.vision.modules()) == 2
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, pixel_values=pv, attention_mask=mask).logits, ref, atol=1e-4, rtol=1e-4)
     assert torch.equal(model.generate(input_ids=ids, pixel_values=pv, attention_mask=mask, max_new_tokens=5, do_sample=False), ref_ids)

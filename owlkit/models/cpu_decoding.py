@@ -6,7 +6,11 @@ fast the weights stream from memory. For such short products on CPU, PyTorch's d
 at batch 1 and a fifth of it at batch 8; oneDNN's prepacked ``linear`` reaches about two thirds
 at both (benchmarks/inference.py measures it). Packing replaces each ``nn.Linear`` of the
 decoder and the LM head by a :class:`PackedLinear` holding only the packed weight, so memory
-does not grow.
+does not grow. Two rewrites go with it: each LLaMA MLP's gate and up projections become one
+packed product (:class:`PackedGatedMLP`: one pass over both matrices instead of two; 0.24 ms
+instead of 0.30 ms for the ``small`` preset's at 8 rows), and the vision MLPs' QuickGELU becomes
+one fused SiLU with its 1.702 moved into the weights (:func:`fold_quick_gelu`). All of it keeps
+the numbers up to float rounding (tests/test_model_correctness.py).
 
 The packed model is for inference: it cannot be trained, moved to another device or saved
 (``save_pretrained`` refuses). Where oneDNN is unavailable, :func:`optimize_for_cpu_decoding`
@@ -30,6 +34,19 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _BATCH_HINT)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
+    @classmethod
+    def stacked(cls, *linears: nn.Linear) -> "PackedLinear":
+        """One packed product for several linears of the same input (outputs side by side)."""
+        bias = None
+        if any(lin.bias is not None for lin in linears):
+            bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                              for lin in linears])
+        joint = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), bias=bias is not None)
+        joint.weight.data = torch.cat([lin.weight.detach() for lin in linears])
+        if bias is not None:
+            joint.bias.data = bias
+        return cls(joint)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
@@ -37,6 +54,49 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed=oneDNN"
+
+
+class PackedGatedMLP(nn.Module):
+    """LLaMA's MLP, ``down(act(gate(x)) * up(x))``, with gate and up as one packed product.
+
+    A decoding step then streams both matrices in one call instead of two: fewer, longer
+    products, which is what the memory-bound batch-of-rows case wants.
+    """
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.intermediate = mlp.gate_proj.out_features
+        self.gate_up = PackedLinear.stacked(mlp.gate_proj, mlp.up_proj)
+        self.down_proj = PackedLinear(mlp.down_proj)
+        self.act_fn = mlp.act_fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).split(self.intermediate, dim=-1)
+        return self.down_proj(self.act_fn(gate) * up)
+
+
+_QUICK_GELU = 1.702
+
+
+def fold_quick_gelu(model) -> int:
+    """Rewrite the vision MLPs' ``x * sigmoid(1.702 x)`` as one fused SiLU; returns how many.
+
+    ``fc2(q(fc1 x))`` with ``q(z) = z sigmoid(1.702 z) = silu(1.702 z) / 1.702`` equals
+    ``(fc2 / 1.702)(silu((1.702 fc1) x))``: the scale moves into the weights, and three passes
+    over the activations (scale, sigmoid, product) become one. Same numbers up to rounding.
+    """
+    from transformers.activations import QuickGELUActivation
+
+    folded = 0
+    for module in model.vision.modules():
+        if isinstance(getattr(module, "act", None), QuickGELUActivation) and hasattr(module, "fc1"):
+            module.fc1.weight.data.mul_(_QUICK_GELU)
+            if module.fc1.bias is not None:
+                module.fc1.bias.data.mul_(_QUICK_GELU)
+            module.fc2.weight.data.div_(_QUICK_GELU)
+            module.act = nn.SiLU()
+            folded += 1
+    return folded
 
 
 def _packing_works() -> bool:
@@ -67,9 +127,14 @@ def optimize_for_cpu_decoding(model) -> str:
         return model._decoding_layout
     with torch.no_grad():
         if model.device.type == "cpu" and model.dtype == torch.float32 and _packing_works():
+            for parent in list(model.language_model.modules()):
+                for name, child in list(parent.named_children()):
+                    if all(hasattr(child, a) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+                        setattr(parent, name, PackedGatedMLP(child))
             for parent, name, linear in list(_linears(model)):
                 setattr(parent, name, PackedLinear(linear))
             layout = "onednn-packed"
+            fold_quick_gelu(model)
         else:
             for _, _, linear in _linears(model):
                 if isinstance(linear, nn.Linear) and linear.weight.is_contiguous():
