@@ -175,3 +175,17 @@ def test_cpu_decoding_layout_keeps_the_numbers(tmp_path):
         linear.weight.data = linear.weight.data.t().contiguous().t()
     with torch.no_grad():
         torch.testing.assert_close(other(input_ids=ids, pixel_values=pv, attention_mask=mask).logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_linear_stacks_several_products_with_and_without_bias():
+    from owlkit.models import cpu_decoding
+
+    if not cpu_decoding._packing_works():
+        pytest.skip("oneDNN packing is not available in this torch build")
+    torch.manual_seed(0)
+    with_bias, without = torch.nn.Linear(16, 24), torch.nn.Linear(16, 8, bias=False)
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        joint = cpu_decoding.PackedLinear(with_bias, without)(x)
+        torch.testing.assert_close(joint, torch.cat([with_bias(x), without(x)], -1), atol=1e-5, rtol=1e-5)
+    assert joint.shape == (5, 32)

@@ -28,24 +28,19 @@ _BATCH_HINT = 8  # oneDNN's packing hint; the packed weight serves any batch siz
 class PackedLinear(nn.Module):
     """``nn.Linear`` with a oneDNN-packed weight (inference only)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, *linears: nn.Linear):
+        """Pack one linear, or several of the same input as one product (outputs side by side)."""
         super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), _BATCH_HINT)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
-
-    @classmethod
-    def stacked(cls, *linears: nn.Linear) -> "PackedLinear":
-        """One packed product for several linears of the same input (outputs side by side)."""
-        bias = None
-        if any(lin.bias is not None for lin in linears):
-            bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
-                              for lin in linears])
-        joint = nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), bias=bias is not None)
-        joint.weight.data = torch.cat([lin.weight.detach() for lin in linears])
-        if bias is not None:
-            joint.bias.data = bias
-        return cls(joint)
+        self.in_features = linears[0].in_features
+        self.out_features = sum(lin.out_features for lin in linears)
+        with torch.no_grad():
+            weight = torch.cat([lin.weight for lin in linears]) if len(linears) > 1 else linears[0].weight
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _BATCH_HINT)
+            bias = None
+            if any(lin.bias is not None for lin in linears):
+                bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                                  for lin in linears])
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
@@ -66,7 +61,7 @@ class PackedGatedMLP(nn.Module):
     def __init__(self, mlp: nn.Module):
         super().__init__()
         self.intermediate = mlp.gate_proj.out_features
-        self.gate_up = PackedLinear.stacked(mlp.gate_proj, mlp.up_proj)
+        self.gate_up = PackedLinear(mlp.gate_proj, mlp.up_proj)
         self.down_proj = PackedLinear(mlp.down_proj)
         self.act_fn = mlp.act_fn
 
