@@ -230,9 +230,7 @@ class Owl:
     def _generate_batch_engine(self, encoded, order, batch_size, generation, bar) -> list[str]:
         from owlkit.serving.scheduler import Job, Scheduler
 
-        temperature = float(generation.get("temperature") or 0.0)
-        top_p = float(generation.get("top_p") if generation.get("top_p") is not None else 1.0)
-        top_k = int(generation.get("top_k") or 0)
+        settings = {k: generation.get(k) for k in ("temperature", "top_p", "top_k", "seed")}
         wanted = int(generation.get("max_new_tokens") or 256)
         stops = self._stops(generation)
         jobs: dict[int, Job] = {}
@@ -240,19 +238,8 @@ class Owl:
         def make_jobs():
             for i in order:
                 ids, images = encoded[i]
-                used = self.processor.positions(ids)
-                room = self.processor.max_length - used if self.processor.max_length else wanted
-                jobs[i] = Job(
-                    input_ids=list(ids),
-                    pixel_values=self.processor.image_processor(images).to(self.model.dtype) if images else None,
-                    prompt_tokens=used,
-                    max_new_tokens=max(1, min(wanted, room)),
-                    temperature=temperature,
-                    top_p=top_p,
-                    top_k=top_k,
-                    seed=generation.get("seed"),
-                    stops=stops,
-                )
+                jobs[i] = Job.from_encoded(self.processor, ids, images, max_new_tokens=wanted,
+                                           dtype=self.model.dtype, stops=stops, **settings)
                 yield jobs[i]
 
         engine = Scheduler(self, max_batch=batch_size)

@@ -93,6 +93,7 @@ def fan_in_init(model: torch.nn.Module) -> None:
     import math
 
     from owlkit.models.abstractor import VisualAbstractor
+    from owlkit.models.vision import VisionEmbeddings
 
     with torch.no_grad():
         for module in model.modules():
@@ -105,7 +106,7 @@ def fan_in_init(model: torch.nn.Module) -> None:
             elif isinstance(module, VisualAbstractor):
                 module.query_embeds.normal_(0.0, 1.0)
                 module.vit_eos.normal_(0.0, 1.0)
-            elif type(module).__name__ == "VisionEmbeddings":
+            elif isinstance(module, VisionEmbeddings):
                 module.cls_token.normal_(0.0, 1.0)
                 module.position_embedding.normal_(0.0, 0.1)
 

@@ -65,20 +65,9 @@ def build_job(owl, conversation: list[dict], *, limits: Limits, max_tokens: int 
     if used > limits.max_prompt_tokens:
         raise ApiError(400, f"the prompt is {used} tokens (images included), over the server's limit of "
                        f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
-    room = (processor.max_length - used) if processor.max_length else limits.max_tokens
     wanted = max_tokens if max_tokens is not None else limits.default_max_tokens
-    pixel_values = processor.image_processor(images) if images else None
-    return Job(
-        input_ids=list(ids),
-        pixel_values=pixel_values,
-        prompt_tokens=used,
-        max_new_tokens=max(1, min(wanted, room)),
-        temperature=float(temperature or 0.0),
-        top_p=float(top_p) if top_p is not None else 1.0,
-        top_k=int(top_k or 0),
-        seed=seed,
-        stops=processor.stop_strings + list(stop),
-    )
+    return Job.from_encoded(processor, ids, images, max_new_tokens=wanted, temperature=temperature, top_p=top_p,
+                            top_k=top_k, seed=seed, stops=processor.stop_strings + list(stop))
 
 
 async def job_from_request(body: ChatCompletionRequest, owl, settings: ServerSettings) -> Job:

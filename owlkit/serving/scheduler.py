@@ -83,6 +83,29 @@ class Job:
     started_at: float | None = None
     finished_at: float | None = None
 
+    @classmethod
+    def from_encoded(cls, processor, ids: Sequence[int], images, *, max_new_tokens: int, dtype=None,
+                     temperature: float | None = 0.0, top_p: float | None = None, top_k: int | None = None,
+                     seed: int | None = None, stops: Sequence[str] = ()) -> "Job":
+        """A job for a prompt encoded by ``processor.encode``: its images preprocessed, and
+        ``max_new_tokens`` cut to the room left in the model's context."""
+        used = processor.positions(ids)
+        room = processor.max_length - used if processor.max_length else max_new_tokens
+        pixel_values = processor.image_processor(images) if images else None
+        if pixel_values is not None and dtype is not None:
+            pixel_values = pixel_values.to(dtype)
+        return cls(
+            input_ids=list(ids),
+            pixel_values=pixel_values,
+            prompt_tokens=used,
+            max_new_tokens=max(1, min(max_new_tokens, room)),
+            temperature=float(temperature or 0.0),
+            top_p=float(top_p) if top_p is not None else 1.0,
+            top_k=int(top_k or 0),
+            seed=seed,
+            stops=list(stops),
+        )
+
     def __post_init__(self):
         self.cancelled = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -417,15 +440,11 @@ class Scheduler:
                 new = list(itertools.islice(source, free)) if not exhausted and free > 0 else []
                 exhausted = exhausted or len(new) < free
                 if new:
-                    start = time.perf_counter()
-                    fresh = self._prefill(new)
-                    self.busy_s += time.perf_counter() - start
+                    fresh = self._timed(self._prefill, new)
                     if len(fresh):
                         rows = fresh if rows is None else rows.join(fresh)
                 if rows is not None:
-                    start = time.perf_counter()
-                    rows = self._decode(rows)
-                    self.busy_s += time.perf_counter() - start
+                    rows = self._timed(self._decode, rows)
 
     # -- the worker ----------------------------------------------------------------------------
     def _next(self, timeout: float) -> Job | None:
@@ -491,12 +510,19 @@ class Scheduler:
                 job._fail("the server is shutting down")
                 self._retire(job)
 
-    def _guarded(self, jobs: list[Job], step, *args) -> _Rows | None:
-        """``step(*args)``; on an exception every job in ``jobs`` fails with a one-line message."""
+    def _timed(self, step, *args):
+        """``step(*args)``, its time added to ``busy_s``."""
         start = time.perf_counter()
         try:
+            return step(*args)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _guarded(self, jobs: list[Job], step, *args) -> _Rows | None:
+        """``step(*args)``; on an exception every job in ``jobs`` fails with a one-line message."""
+        try:
             with torch.inference_mode():
-                return step(*args)
+                return self._timed(step, *args)
         except Exception as exc:  # noqa: BLE001  (reported to every client of the batch)
             log.exception("generation failed")
             text = str(exc).strip()
@@ -506,8 +532,6 @@ class Scheduler:
                     job._fail(f"generation failed: {message}")
                     self._retire(job)
             return None
-        finally:
-            self.busy_s += time.perf_counter() - start
 
     def _advance(self, rows: _Rows, logits: torch.Tensor) -> _Rows:
         """Choose each row's next token, hand it to its job, and drop the rows that finished."""
