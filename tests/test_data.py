@@ -618,3 +618,24 @@ def test_dataloader_and_tiny_model_loss(world, tok):
     batch = collator1([ds[i] for i in range(4)])
     out = model1(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values")})
     assert torch.isfinite(out.loss)
+
+
+def test_length_hints_describe_the_epochs_items_without_reading_images(world):
+    from owlkit.data.datasets import CHARS_PER_TOKEN, _text_chars
+
+    sources = [
+        {"type": "llava", "path": str(world / "instruct.json")},
+        {"type": "captions", "path": str(world / "captions.jsonl"), "weight": 0.5},
+        {"type": "wds", "path": str(world / "shards"), "prompt": "Describe."},
+    ]
+    ds = build_dataset(sources, seed=7)
+    hints = ds.length_hints(1, tokens_per_image=17)
+    assert ds.epoch == 0 and len(hints) == len(ds)  # the current epoch is untouched
+    ds.set_epoch(1)
+    for i in range(len(ds)):
+        record = ds[i]
+        exact = _text_chars(record) // CHARS_PER_TOKEN + 17 * len(record.images)
+        if ds.source_of(i)[0] < 2:
+            assert hints[i] == exact
+        else:  # shards: the caption's size in bytes from the tar index
+            assert abs(int(hints[i]) - exact) <= 1

@@ -3,6 +3,7 @@ bad input, outputs. Tiny random models (``test-owl2`` / ``test-owl1``) on random
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -440,24 +441,32 @@ def test_epochs_and_global_batch_size_set_steps_and_accumulation(tmp_path):
     assert json.loads((tmp_path / "r" / "checkpoints" / "step-00000003" / "trainer_state.json").read_text())["step"] == 3
 
 
-def test_real_data_through_owlkit_data_with_a_missing_image(tmp_path):
-    """The recipe's data section goes through owlkit.data (LLaVA JSON, tokenizer and image
-    processor from the model folder); a missing image is skipped and counted, or stops the run."""
+def _world_and_model(tmp_path, n: int, n_instruct: int):
+    """A small synthetic world (LLaVA JSON + captions) and a random test-owl2 model folder with a
+    tokenizer that covers it."""
     from helpers_tokenizer import train_tiny_tokenizer
 
     from owlkit.config import OwlConfig
     from owlkit.data.synth import make_world
     from owlkit.models.owl import OwlForCausalLM
-    from owlkit.training import train
-    from owlkit.training.loop import TrainingError
 
     world = tmp_path / "world"
-    make_world(world, seed=0, n=12, image_size=56, fmt="jsonl", n_instruct=12)
+    make_world(world, seed=0, n=n, image_size=56, fmt="jsonl", n_instruct=n_instruct)
     folder = train_tiny_tokenizer(tmp_path / "model")
     config = OwlConfig.from_preset("test-owl2")
     config.text_config.vocab_size = 420
     torch.manual_seed(0)
     OwlForCausalLM(config).save_pretrained(folder)
+    return world, folder
+
+
+def test_real_data_through_owlkit_data_with_a_missing_image(tmp_path):
+    """The recipe's data section goes through owlkit.data (LLaVA JSON, tokenizer and image
+    processor from the model folder); a missing image is skipped and counted, or stops the run."""
+    from owlkit.training import train
+    from owlkit.training.loop import TrainingError
+
+    world, folder = _world_and_model(tmp_path, n=12, n_instruct=12)
     records = json.loads((world / "instruct.json").read_text())
     gone = "images/000002.png"
     (world / gone).unlink()
@@ -472,3 +481,87 @@ def test_real_data_through_owlkit_data_with_a_missing_image(tmp_path):
     with pytest.raises(TrainingError, match=r"000002\.png"):
         train(tiny(tmp_path / "stop", **{k: v for k, v in recipe.items() if k not in ("output_dir",)},
                    data__on_bad_image="stop"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Length grouping (data.group_by_length)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_group_by_length_makes_batches_of_similar_length_and_keeps_epochs_whole():
+    import numpy as np
+
+    from owlkit.training.data import StepSampler
+
+    lengths = np.random.default_rng(0).integers(1, 200, 100)
+
+    def sampler(micro=4, accum=2, seed=3, **kw):
+        return StepSampler(100, micro, accum, 0, 1, seed=seed, shuffle=True, start_step=0, total_steps=30, **kw)
+
+    grouped, plain = sampler(group_window=4, lengths=lambda e: lengths + e), sampler()
+    for epoch in (0, 1, 2):
+        order = [grouped.index(epoch * 100 + p) for p in range(100)]
+        assert sorted(order) == list(range(100))  # every sample once per epoch
+    order = [grouped.index(p) for p in range(100)]
+    spread = np.mean([np.ptp(lengths[order[i:i + 8]]) for i in range(0, 96, 8)])
+    base = [plain.index(p) for p in range(100)]
+    assert spread < 0.4 * np.mean([np.ptp(lengths[base[i:i + 8]]) for i in range(0, 96, 8)])
+    # the epoch's last, partial batch stays last: windows of 32 samples -> 96..99 are the tail
+    assert set(order[96:]) == set(base[96:])
+    # deterministic, seeded, and the same data per step however the batch is split
+    assert order == [sampler(group_window=4, lengths=lambda e: lengths + e).index(p) for p in range(100)]
+    assert order != [sampler(seed=4, group_window=4, lengths=lambda e: lengths + e).index(p) for p in range(100)]
+    assert order == [sampler(8, 1, group_window=4, lengths=lambda e: lengths + e).index(p) for p in range(100)]
+
+
+def test_sort_micro_batches_reorders_a_step_but_keeps_its_samples():
+    import numpy as np
+
+    from owlkit.training.data import StepSampler
+
+    lengths = np.random.default_rng(1).integers(1, 200, 60)
+    plain = StepSampler(60, 3, 4, 0, 1, seed=5, shuffle=True, start_step=0, total_steps=10)
+    sorted_ = StepSampler(60, 3, 4, 0, 1, seed=5, shuffle=True, start_step=0, total_steps=10,
+                          sort_micro_batches=True, lengths=lambda e: lengths)
+    a, b = list(plain), list(sorted_)
+    assert len(a) == len(b) == 40
+    for step in range(10):
+        mine = b[step * 4:(step + 1) * 4]
+        assert sorted(sum(mine, [])) == sorted(sum(a[step * 4:(step + 1) * 4], []))  # same samples
+        got = [int(lengths[sorted_.index(p)]) for p in sum(mine, [])]
+        assert got == sorted(got, reverse=True)  # longest first, so each micro-batch is uniform
+
+
+def test_group_by_length_recipe_key(tmp_path):
+    from owlkit.training import train
+
+    with pytest.raises(ConfigError, match=r"data\.group_by_length.*>= 0"):
+        load_recipe("smoke", ["data.group_by_length=-1"])
+    with pytest.raises(ConfigError, match=r"data\.group_by_length.*'random' source"):
+        train(tiny(tmp_path / "random", data__group_by_length=4))
+    with pytest.raises(ConfigError, match=r"data\.sort_micro_batches.*true or false"):
+        load_recipe("smoke", ["data.sort_micro_batches=3"])
+
+
+def test_training_with_length_grouping_on_real_files(tmp_path):
+    from owlkit.training import train
+
+    world, folder = _world_and_model(tmp_path, n=8, n_instruct=16)
+    recipe = tiny(tmp_path / "run", model={"init": str(folder)}, train__steps=3, train__micro_batch_size=4,
+                  train__grad_accum=1, data__group_by_length=2, data__max_length=128,
+                  data__sources=[{"type": "llava", "path": str(world / "instruct.json")},
+                                 {"type": "captions", "path": str(world / "captions.jsonl"), "weight": 0.5}])
+    result = train(recipe)
+    assert len(result.history) == 3 and all(math.isfinite(r["loss"]) for r in result.history)
+    # sorting each step's samples into micro-batches by length: same samples, same global-batch
+    # loss and gradients, less padding
+    def variant(name, **over):
+        again = copy.deepcopy(recipe)
+        again["output_dir"] = str(tmp_path / name)
+        return train(with_overrides(again, {"train__micro_batch_size": 2, "train__grad_accum": 4,
+                                            "data__group_by_length": 0, **over}))
+
+    base, fast = variant("plain"), variant("sorted", data__sort_micro_batches=True)
+    assert losses(fast) == pytest.approx(losses(base), rel=1e-5)
+    assert [r["tokens"] for r in fast.history] == [r["tokens"] for r in base.history]
+    assert sum(r["positions"] for r in fast.history) < sum(r["positions"] for r in base.history)

@@ -53,6 +53,10 @@ from owlkit.errors import ConfigError, InputError
 
 logger = logging.getLogger("owlkit.data")
 
+#: Characters per text token assumed by length hints (BPE on English averages about four). Only
+#: the order of the hints matters: they sort samples for ``data.group_by_length``.
+CHARS_PER_TOKEN = 4
+
 SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name")
 ON_ERROR = ("raise", "skip")
 
@@ -63,12 +67,21 @@ class RecordDataset(Dataset):
     def __init__(self, records: Sequence[Record], name: str = "") -> None:
         self.records = list(records)
         self.name = name
+        self._hints: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, index: int) -> Record:
         return self.records[index]
+
+    def size_hints(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(text characters, images)`` of every record, without reading any image."""
+        if self._hints is None:
+            chars = np.array([_text_chars(r) for r in self.records], dtype=np.int64)
+            images = np.array([len(r.images) for r in self.records], dtype=np.int64)
+            self._hints = (chars, images)
+        return self._hints
 
 
 class ShardDataset(Dataset):
@@ -89,6 +102,18 @@ class ShardDataset(Dataset):
             return shard_record(sample, self.prompt)
         except RecordError as exc:
             raise InputError(f"{sample.shard}:{sample.number}: {exc}") from None
+
+    def size_hints(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(text characters, images)`` of every sample from the tar index alone: the caption
+        member's size in bytes (no member is read), one image each."""
+        extra = len(self.prompt or "")
+        chars = [extra + (s.members.get("txt") or s.members.get("json") or (0, 0))[1] for s in self.samples]
+        return np.array(chars, dtype=np.int64), np.ones(len(self.samples), dtype=np.int64)
+
+
+def _text_chars(record: Record) -> int:
+    return sum(len(part.get("text", "")) for message in record.messages for part in message["content"]
+               if isinstance(part, dict) and part.get("type") == "text")
 
 
 def _fail(problem: Problem, paths: Any) -> InputError:
@@ -198,6 +223,9 @@ class MixtureDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Draw the subsets and order of ``epoch`` (deterministic in ``seed`` and ``epoch``)."""
         self.epoch = int(epoch)
+        self._source, self._index = self._draw(self.epoch)
+
+    def _draw(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         sources, indices = [], []
         for k, (n, count) in enumerate(zip(self.sizes, self.counts)):
             if count == 0:
@@ -205,15 +233,29 @@ class MixtureDataset(Dataset):
             full, rest = divmod(count, n)
             parts = [np.tile(np.arange(n, dtype=np.int64), full)]
             if rest:
-                parts.append(np.sort(self._rng(self.epoch, k, 1).choice(n, size=rest, replace=False)))
+                parts.append(np.sort(self._rng(epoch, k, 1).choice(n, size=rest, replace=False)))
             idx = np.concatenate(parts)
             sources.append(np.full(len(idx), k, dtype=np.int64))
             indices.append(idx)
-        self._source = np.concatenate(sources)
-        self._index = np.concatenate(indices)
+        source, index = np.concatenate(sources), np.concatenate(indices)
         if self.shuffle:
-            order = self._rng(self.epoch, 1_000_003).permutation(len(self._source))
-            self._source, self._index = self._source[order], self._index[order]
+            order = self._rng(epoch, 1_000_003).permutation(len(source))
+            source, index = source[order], index[order]
+        return source, index
+
+    def length_hints(self, epoch: int, tokens_per_image: int) -> np.ndarray:
+        """Approximate token length of every item of ``epoch`` (text characters / CHARS_PER_TOKEN
+        + images x ``tokens_per_image``), without reading images; the current epoch is kept."""
+        source, index = self._draw(epoch)
+        out = np.zeros(len(source), dtype=np.int64)
+        for k, dataset in enumerate(self.datasets):
+            if not hasattr(dataset, "size_hints"):
+                raise ConfigError(f"data source {self.names[k]} cannot estimate sample lengths; "
+                                  "set data.group_by_length: 0")
+            chars, images = dataset.size_hints()
+            picked = index[source == k]
+            out[source == k] = chars[picked] // CHARS_PER_TOKEN + images[picked] * tokens_per_image
+        return out
 
     def __len__(self) -> int:
         return len(self._source)

@@ -215,13 +215,29 @@ class StepSampler(torch.utils.data.Sampler):
     takes the contiguous slice ``[s*G + r*micro*accum, s*G + (r+1)*micro*accum)`` cut into
     ``accum`` micro-batches. So the data of a step does not depend on how it is split over
     ranks and accumulation, and the position is recomputed from the step on resume.
+
+    With ``group_window = W > 0`` (``data.group_by_length``) each epoch's order is cut into
+    windows of ``W`` global batches; inside a window the samples are sorted by ``lengths(epoch)``
+    (approximate token counts), cut into global batches and those batches shuffled. Every batch
+    then holds samples of similar length, so little of it is padding, while an epoch still shows
+    each sample once and neighbouring steps still come from anywhere in the window.
+
+    With ``sort_micro_batches`` (``data.sort_micro_batches``) a rank's samples of a step are
+    sorted by length before being cut into its ``accum`` micro-batches: the step reads the same
+    samples and, the loss being normalised over the whole global batch, computes the same
+    gradient, but each micro-batch is padded only to its own longest sample.
     """
 
     def __init__(self, num_samples: int, micro: int, accum: int, rank: int, world: int, seed: int,
-                 shuffle: bool, start_step: int, total_steps: int):
+                 shuffle: bool, start_step: int, total_steps: int, *, group_window: int = 0,
+                 lengths: Callable[[int], Any] | None = None, sort_micro_batches: bool = False):
         self.n, self.micro, self.accum, self.rank, self.world = num_samples, micro, accum, rank, world
         self.seed, self.shuffle, self.start, self.total = seed, shuffle, start_step, total_steps
+        if (group_window or sort_micro_batches) and lengths is None:
+            raise ValueError("group_window and sort_micro_batches need lengths")
+        self.group_window, self.lengths, self.sort_micro_batches = int(group_window), lengths, sort_micro_batches
         self._perm: tuple[int, torch.Tensor] | None = None
+        self._lengths: tuple[int, Any] | None = None
 
     @property
     def global_batch(self) -> int:
@@ -229,12 +245,37 @@ class StepSampler(torch.utils.data.Sampler):
 
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, self.n)
-        if not self.shuffle:
+        if not self.shuffle and not self.group_window:
             return offset
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=g))
+            perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+            if self.group_window:
+                perm = self._grouped(perm, epoch)
+            self._perm = (epoch, perm)
         return int(self._perm[1][offset])
+
+    def length(self, position: int) -> int:
+        """Approximate length of the sample at stream ``position``."""
+        epoch = position // self.n
+        if self._lengths is None or self._lengths[0] != epoch:
+            self._lengths = (epoch, torch.as_tensor(self.lengths(epoch), dtype=torch.long))
+        return int(self._lengths[1][self.index(position)])
+
+    def _grouped(self, perm: torch.Tensor, epoch: int) -> torch.Tensor:
+        lengths = torch.as_tensor(self.lengths(epoch), dtype=torch.long)
+        if lengths.shape != (self.n,):
+            raise ValueError(f"lengths({epoch}) has shape {tuple(lengths.shape)}, expected ({self.n},)")
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch + 104729)
+        size, window = self.global_batch, self.global_batch * self.group_window
+        parts = []
+        for start in range(0, self.n, window):
+            chunk = perm[start:start + window]
+            chunk = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
+            batches = list(chunk.split(size))
+            tail = [batches.pop()] if len(batches[-1]) < size else []  # a partial batch stays last
+            parts += [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()] + tail
+        return torch.cat(parts)
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.accum
@@ -243,8 +284,26 @@ class StepSampler(torch.utils.data.Sampler):
         per_rank = self.micro * self.accum
         for step in range(self.start, self.total):
             base = step * self.global_batch + self.rank * per_rank
+            positions = list(range(base, base + per_rank))
+            if self.sort_micro_batches and self.accum > 1:
+                positions.sort(key=self.length, reverse=True)
             for a in range(self.accum):
-                yield list(range(base + a * self.micro, base + (a + 1) * self.micro))
+                yield positions[a * self.micro:(a + 1) * self.micro]
+
+
+def length_grouping(source: BatchSource, data: dict, model_config) -> dict:
+    """:class:`StepSampler` arguments for the recipe's ``data.group_by_length`` and
+    ``data.sort_micro_batches`` (``{}`` when both are off)."""
+    window, sort_micro = int(data["group_by_length"]), bool(data["sort_micro_batches"])
+    if not window and not sort_micro:
+        return {}
+    dataset = source.dataset
+    if not hasattr(dataset, "length_hints"):
+        raise ConfigError("data.group_by_length and data.sort_micro_batches need file data sources "
+                          "(llava, captions, wds, text, ...); turn them off with a 'random' source")
+    tokens_per_image = int(model_config.tokens_per_image)
+    return {"group_window": window, "sort_micro_batches": sort_micro,
+            "lengths": lambda epoch: dataset.length_hints(epoch, tokens_per_image)}
 
 
 class _StreamView(torch.utils.data.Dataset):

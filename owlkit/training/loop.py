@@ -28,7 +28,14 @@ from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from owlkit.errors import ConfigError, OwlError
 from owlkit.training import checkpoint as ckpt
 from owlkit.training import distributed as D
-from owlkit.training.data import BatchSource, StepSampler, build_batch_source, make_loader, processing_folder
+from owlkit.training.data import (
+    BatchSource,
+    StepSampler,
+    build_batch_source,
+    length_grouping,
+    make_loader,
+    processing_folder,
+)
 from owlkit.training.lora import ADAPTER_DIR, apply_lora, load_adapter_state
 from owlkit.training.metrics import MetricsLogger
 from owlkit.training.optim import build_optimizer, build_scheduler
@@ -361,7 +368,8 @@ class _Run:
         self.amp = autocast_dtype(t["precision"], info.device)
         self.param_dtype = getattr(torch, r["model"]["dtype"])
         self.sampler = StepSampler(len(self.source), self.micro, self.accum, info.rank, info.world_size,
-                                   int(t["seed"]), bool(r["data"]["shuffle"]), self.start_step, self.total)
+                                   int(t["seed"]), bool(r["data"]["shuffle"]), self.start_step, self.total,
+                                   **length_grouping(self.source, r["data"], self.config))
         self.loader = make_loader(self.source, self.sampler, int(r["data"]["num_workers"]), int(t["seed"]), info.rank)
         self.logger = MetricsLogger(self.out, info.is_main, bool(r["log"]["tensorboard"]), self.start_step)
         _say(info, (
@@ -507,7 +515,7 @@ class _Run:
             for step in range(self.start_step, self.total):
                 t0 = time.perf_counter()
                 micro = [next(data) for _ in range(self.accum)]
-                stats = torch.zeros(5, dtype=torch.float64)
+                stats = torch.zeros(6, dtype=torch.float64)
                 error = None
                 for b in micro:
                     if "__error__" in b:
@@ -523,7 +531,8 @@ class _Run:
                         continue
                     n = int((ex.labels[:, 1:] != IGNORE_INDEX).sum())
                     stats += torch.tensor([n, int(ex.attention_mask.sum()), b["input_ids"].shape[0],
-                                           int(b.get("num_skipped", 0) or 0), 0], dtype=torch.float64)
+                                           int(b.get("num_skipped", 0) or 0), 0, ex.attention_mask.numel()],
+                                          dtype=torch.float64)
                 if error is not None:
                     stats[4] = 1
                 stats = D.all_reduce_sum(stats.to(info.device), info).cpu()
@@ -531,6 +540,7 @@ class _Run:
                     self._stop(f"data error at step {step + 1}: {error}" if error else
                                f"another process hit a data error at step {step + 1} (see its message)")
                 n_sup, tokens, samples, skipped = (int(x) for x in stats[:4])
+                positions = int(stats[5])  # tokens + padding: what the decoder computed
                 self.skipped += skipped
                 scale = info.world_size / max(n_sup, 1)
                 loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
@@ -575,7 +585,7 @@ class _Run:
                 dt = time.perf_counter() - t0
                 row = {
                     "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                    "samples_per_s": samples / dt if dt > 0 else None, "tokens": tokens,
+                    "samples_per_s": samples / dt if dt > 0 else None, "tokens": tokens, "positions": positions,
                     "supervised_tokens": n_sup, "samples": samples, "skipped_samples": self.skipped,
                     "time": round(time.perf_counter() - started, 4),
                 }

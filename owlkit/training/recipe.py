@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
         "on_bad_image": "skip",  # skip | stop
         "num_workers": 0,
         "shuffle": True,
+        "group_by_length": 0,  # N > 0: batches of similar length, sorted within N global batches
+        "sort_micro_batches": False,  # sort each step's samples by length into its micro-batches
     },
     "optim": {
         "lr": 1e-4,
@@ -337,7 +339,8 @@ def validate(recipe: Recipe) -> Recipe:
     _number(recipe, "log.every", minimum=1, integer=True)
     _number(recipe, "data.max_length", minimum=2, integer=True)
     _number(recipe, "data.num_workers", minimum=0, integer=True)
-    for path in ("train.gradient_checkpointing", "data.augment", "data.shuffle", "log.tensorboard", "log.progress"):
+    _number(recipe, "data.group_by_length", minimum=0, integer=True)
+    for path in ("train.gradient_checkpointing", "data.augment", "data.shuffle", "data.sort_micro_batches", "log.tensorboard", "log.progress"):
         if not isinstance(recipe.get_path(path), bool):
             raise ConfigError(f"recipe key {path!r} must be true or false, got {recipe.get_path(path)!r}")
     sources = recipe["data"]["sources"]
