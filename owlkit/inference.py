@@ -19,7 +19,8 @@ from queue import Queue
 from typing import Any, Iterator, Sequence
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 from transformers.generation.streamers import BaseStreamer
 
 from owlkit.errors import InputError, OwlError
@@ -47,6 +48,29 @@ class _StopOnStrings(StoppingCriteria):
         done = [any(s in self.processor.decode(row, skip_special_tokens=False) for s in self.stops)
                 for row in input_ids.tolist()]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _PromptRepetitionPenalty(LogitsProcessor):
+    """transformers' repetition penalty over each row's prompt text *and* its new tokens.
+
+    ``generate`` starts from the spliced embeddings, so the ids it hands to logits processors
+    are the new ones only (the official code is in the same case): its own
+    ``repetition_penalty`` would ignore the prompt, unlike a text-only LLaMA. This processor
+    puts the prompt's text ids (not padding, not image placeholders) in front.
+    """
+
+    def __init__(self, penalty: float, input_ids: torch.Tensor, attention_mask: torch.Tensor, vocab_size: int):
+        self.inner = RepetitionPenaltyLogitsProcessor(penalty)
+        text = attention_mask.bool() & (input_ids >= 0) & (input_ids < vocab_size)
+        # padding and placeholders become a copy of the row's first text id: the penalty applies
+        # to a set of ids, so a repeat changes nothing
+        fill = input_ids.gather(1, text.long().argmax(1, keepdim=True))
+        fill = torch.where(text.any(1, keepdim=True), fill, 0)
+        self.prompt = torch.where(text, input_ids, fill)
+
+    def __call__(self, input_ids, scores):
+        prompt = self.prompt.to(input_ids.device)
+        return self.inner(torch.cat([prompt, input_ids], dim=1), scores)
 
 
 class _TokenQueue(BaseStreamer):
@@ -127,13 +151,19 @@ class Owl:
         device = self.model.device
         return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
-    def _room(self, batch: dict, kw: dict) -> dict:
-        """Clamp ``max_new_tokens`` to what the context leaves after the longest prompt."""
+    def _for_batch(self, batch: dict, kw: dict) -> dict:
+        """``generate`` options for this batch: ``max_new_tokens`` clamped to what the context
+        leaves after the longest prompt, and the repetition penalty made to count the prompt."""
         limit = self.processor.max_length
         if limit:
             used = max(self.processor.positions(row[mask.bool()].tolist())
                        for row, mask in zip(batch["input_ids"], batch["attention_mask"]))
             kw = {**kw, "max_new_tokens": max(1, min(kw["max_new_tokens"], limit - used))}
+        if "repetition_penalty" in kw:
+            kw = dict(kw)
+            penalty = _PromptRepetitionPenalty(kw.pop("repetition_penalty"), batch["input_ids"],
+                                               batch["attention_mask"], self.model.config.text_config.vocab_size)
+            kw["logits_processor"] = LogitsProcessorList([penalty])
         return kw
 
     def special_strings(self) -> list[str]:
@@ -149,7 +179,7 @@ class Owl:
         """Reply to an OpenAI-style conversation; ``stream=True`` yields text pieces."""
         kw = self._generate_kwargs(generation)
         batch = self._inputs(messages, None if images is None else [images], truncate)
-        kw = self._room(batch, kw)
+        kw = self._for_batch(batch, kw)
         if stream:
             return self._stream(batch, kw, generation)
         with torch.inference_mode():
@@ -253,7 +283,7 @@ class Owl:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             batch = self._inputs([conversations[i] for i in idx], truncate=truncate)
-            kw = self._room(batch, self._generate_kwargs(generation))
+            kw = self._for_batch(batch, self._generate_kwargs(generation))
             with torch.inference_mode():
                 out = self.model.generate(**batch, **kw)
             width = batch["input_ids"].shape[1]

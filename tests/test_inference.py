@@ -183,3 +183,23 @@ def test_cli_generate_batched_resumable_and_bad_rows(folder, images, tmp_path, c
     owl(["generate", "--model", str(folder), "--input", str(src), "--output", str(out), "--max-new-tokens", "5"])
     assert out.read_text() == before
     assert "0 answered, 4 already done" in capsys.readouterr().err
+
+
+def test_repetition_penalty_counts_the_prompt(owl_api, images):
+    """generate starts from the spliced embeddings, so transformers' own repetition penalty would
+    see only the new ids; owlkit's puts the prompt's text ids in front, as for a text-only LLaMA.
+    With a huge penalty no new token may repeat a prompt text token or an earlier new token."""
+    conv = _conv("describe the colours and the shapes in this picture", images[:1])
+    batch = owl_api._inputs(conv)
+    vocab = owl_api.model.config.text_config.vocab_size
+    ids, mask = batch["input_ids"][0].tolist(), batch["attention_mask"][0].tolist()
+    prompt = {i for i, m in zip(ids, mask) if m and 0 <= i < vocab}
+    kw = owl_api._for_batch(batch, owl_api._generate_kwargs({"max_new_tokens": 12, "repetition_penalty": 1e9}))
+    assert "repetition_penalty" not in kw  # transformers' processor would ignore the prompt
+    with torch.inference_mode():
+        new = owl_api.model.generate(**batch, **kw)[0, len(ids):].tolist()
+    assert len(new) >= 2 and not set(new) & prompt and len(set(new)) == len(new)
+    # the default (no penalty) does repeat here, so the assertion above is not vacuous
+    with torch.inference_mode():
+        plain = owl_api.model.generate(**batch, max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
+    assert set(plain) & prompt or len(set(plain)) < len(plain)
