@@ -54,7 +54,8 @@ from owlkit.errors import ConfigError, InputError
 logger = logging.getLogger("owlkit.data")
 
 #: Characters per text token assumed by length hints (BPE on English averages about four). Only
-#: the order of the hints matters: they sort samples for ``data.group_by_length``.
+#: the order of the hints matters: they sort samples for ``data.sort_micro_batches`` and
+#: ``data.group_by_length``.
 CHARS_PER_TOKEN = 4
 
 SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name")
@@ -251,7 +252,7 @@ class MixtureDataset(Dataset):
         for k, dataset in enumerate(self.datasets):
             if not hasattr(dataset, "size_hints"):
                 raise ConfigError(f"data source {self.names[k]} cannot estimate sample lengths; "
-                                  "set data.group_by_length: 0")
+                                  "set data.group_by_length: 0 and data.sort_micro_batches: false")
             chars, images = dataset.size_hints()
             picked = index[source == k]
             out[source == k] = chars[picked] // CHARS_PER_TOKEN + images[picked] * tokens_per_image

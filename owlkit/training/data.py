@@ -257,15 +257,18 @@ class StepSampler(torch.utils.data.Sampler):
 
     def length(self, position: int) -> int:
         """Approximate length of the sample at stream ``position``."""
-        epoch = position // self.n
+        return int(self._epoch_lengths(position // self.n)[self.index(position)])
+
+    def _epoch_lengths(self, epoch: int) -> torch.Tensor:
         if self._lengths is None or self._lengths[0] != epoch:
-            self._lengths = (epoch, torch.as_tensor(self.lengths(epoch), dtype=torch.long))
-        return int(self._lengths[1][self.index(position)])
+            lengths = torch.as_tensor(self.lengths(epoch), dtype=torch.long)
+            if lengths.shape != (self.n,):
+                raise ValueError(f"lengths({epoch}) has shape {tuple(lengths.shape)}, expected ({self.n},)")
+            self._lengths = (epoch, lengths)
+        return self._lengths[1]
 
     def _grouped(self, perm: torch.Tensor, epoch: int) -> torch.Tensor:
-        lengths = torch.as_tensor(self.lengths(epoch), dtype=torch.long)
-        if lengths.shape != (self.n,):
-            raise ValueError(f"lengths({epoch}) has shape {tuple(lengths.shape)}, expected ({self.n},)")
+        lengths = self._epoch_lengths(epoch)
         g = torch.Generator().manual_seed(self.seed * 7919 + epoch + 104729)
         size, window = self.global_batch, self.global_batch * self.group_window
         parts = []
