@@ -180,10 +180,27 @@ def install(final: Path, run: Path, world_eval: dict) -> None:
     (target / "eval.json").write_text(json.dumps(world_eval["tasks"], indent=2) + "\n")
 
 
+def ensure_world(world: Path, seed: int, n_images: int, n_instruct: int) -> bool:
+    """Write the training world unless ``world`` already holds one made with these settings
+    (its manifest is compared); returns whether it was written."""
+    from owlkit.data.synth import TASKS, make_world
+
+    task_weights = {task: (CAPTION_SHARE if task == "caption" else 1.0) for task in TASKS}
+    wanted = {"seed": seed, "n": n_images, "n_instruct": n_instruct, "image_size": IMAGE_SIZE,
+              "task_weights": task_weights, "noise_prob": NOISE_PROB}
+    manifest = json.loads((world / "world.json").read_text()) if (world / "world.json").exists() else None
+    if manifest is not None and all(manifest.get(k) == v for k, v in wanted.items()):
+        return False
+    _log(f"writing the world: {n_images} images, {n_instruct} instructions"
+         + (" (the one in place was made with other settings)" if manifest else ""))
+    make_world(world, seed=seed, n=n_images, image_size=IMAGE_SIZE, fmt="jsonl", n_instruct=n_instruct,
+               task_weights=task_weights, noise_prob=NOISE_PROB, overwrite=True)
+    return True
+
+
 def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
           vocab_size: int = 1000, eval_seed: int = 1000, n_per_task: int = 100, steps_scale: float = 1.0,
           install_assets: bool = True) -> dict:
-    from owlkit.data.synth import TASKS, make_world
     from owlkit.evaluation.synth import evaluate_synth, markdown
     from owlkit.inference import Owl
     from owlkit.training.recipe import load_recipe
@@ -191,15 +208,7 @@ def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000
     out = Path(out)
     start = time.perf_counter()
     world = out / "world"
-    task_weights = {task: (CAPTION_SHARE if task == "caption" else 1.0) for task in TASKS}
-    wanted = {"seed": seed, "n": n_images, "n_instruct": n_instruct, "image_size": IMAGE_SIZE,
-              "task_weights": task_weights, "noise_prob": NOISE_PROB}
-    manifest = json.loads((world / "world.json").read_text()) if (world / "world.json").exists() else None
-    if manifest is None or any(manifest.get(k) != v for k, v in wanted.items()):
-        _log(f"writing the world: {n_images} images, {n_instruct} instructions"
-             + (" (the one in place was made with other settings)" if manifest else ""))
-        make_world(world, seed=seed, n=n_images, image_size=IMAGE_SIZE, fmt="jsonl", n_instruct=n_instruct,
-                   task_weights=task_weights, noise_prob=NOISE_PROB, overwrite=True)
+    ensure_world(world, seed, n_images, n_instruct)
     text = text_only(world)
     init = out / "init"
     image_token_id = train_tokenizer(world, init, vocab_size)

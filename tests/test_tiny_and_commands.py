@@ -85,3 +85,18 @@ def test_tiny_init_keeps_the_image_signal(tmp_path):
         feats = model.encode_images(pixels)
     spread = (feats[0] - feats[1]).norm() / feats.norm(dim=(1, 2)).mean()
     assert spread > 0.01
+
+
+def test_tiny_build_reuses_its_world_only_when_made_with_the_same_settings(tmp_path):
+    from owlkit.tiny import CAPTION_SHARE, ensure_world
+
+    world = tmp_path / "world"
+    assert ensure_world(world, seed=3, n_images=12, n_instruct=40)
+    manifest = json.loads((world / "world.json").read_text())
+    assert manifest["task_weights"]["caption"] == CAPTION_SHARE
+    assert manifest["task_counts"]["caption"] < manifest["task_counts"]["shape"]  # a quarter share
+    stamp = (world / "instruct.json").stat().st_mtime_ns
+    assert not ensure_world(world, seed=3, n_images=12, n_instruct=40)  # same settings: reused
+    assert (world / "instruct.json").stat().st_mtime_ns == stamp
+    assert ensure_world(world, seed=3, n_images=12, n_instruct=60)  # other settings: written again
+    assert len(json.loads((world / "instruct.json").read_text())) == 60
