@@ -65,3 +65,30 @@ def test_wrong_folders(parts, tmp_path):
         build_from_components(root / "clip", root / "clip")
     with pytest.raises(CheckpointError, match="no config.json"):
         build_from_components(root / "llama", tmp_path)
+
+
+def test_the_cache_is_read_under_either_name():
+    """transformers 5.24 passes the key/value cache as ``cache=``, earlier 5.x releases as
+    ``past_key_values=``: a decoding step gives the same logits either way."""
+    from transformers import DynamicCache
+
+    from helpers import tiny_model
+    from owlkit.errors import InputError
+
+    model = tiny_model("test-owl2", seed=3)
+    ids = torch.randint(3, 250, (1, 9), generator=torch.Generator().manual_seed(0))
+    full = model(input_ids=ids).logits[0, -1]
+    steps = []
+    for name in ("cache", "past_key_values"):
+        cache = DynamicCache(config=model.config.text_config)
+        with torch.no_grad():
+            model(input_ids=ids[:, :-1], use_cache=True, **{name: cache})
+            out = model(input_ids=ids[:, -1:], attention_mask=torch.ones(1, 9, dtype=torch.long),
+                        use_cache=True, **{name: cache})
+        assert cache.get_seq_length() == 9
+        steps.append(out.logits[0, -1])
+    torch.testing.assert_close(steps[0], full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(steps[1], full, atol=1e-5, rtol=0)
+    with pytest.raises(InputError, match="once"):
+        model(input_ids=ids, cache=DynamicCache(config=model.config.text_config),
+              past_key_values=DynamicCache(config=model.config.text_config))

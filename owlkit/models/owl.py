@@ -44,6 +44,20 @@ class OwlCausalLMOutput(CausalLMOutputWithPast):
     mm_token_type_ids: torch.Tensor | None = None
 
 
+def _cache_argument(past_key_values, kwargs: dict):
+    """The key/value cache, whichever name the caller used.
+
+    ``transformers`` renamed the cache argument from ``past_key_values`` to ``cache`` in 5.24
+    (its ``generate`` now passes ``cache=``; earlier 5.x releases pass ``past_key_values=``).
+    Both are accepted, so the model works with every 5.x release; the output always carries it
+    under the name the installed release reads back.
+    """
+    cache = kwargs.pop("cache", None)
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise InputError("pass the key/value cache once, as cache or as past_key_values, not both")
+    return past_key_values if past_key_values is not None else cache
+
+
 class OwlPreTrainedModel(PreTrainedModel):
     config_class = OwlConfig
     config: OwlConfig
@@ -52,7 +66,7 @@ class OwlPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["DecoderLayer", "VisionLayer", "AbstractorLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -190,6 +204,7 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
     ) -> OwlCausalLMOutput:
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
+        past_key_values = _cache_argument(past_key_values, kwargs)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if inputs_embeds is None:
             if past_len == 0 or pixel_values is not None or bool((input_ids < 0).any()):
