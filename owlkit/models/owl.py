@@ -44,6 +44,11 @@ class OwlCausalLMOutput(CausalLMOutputWithPast):
     mm_token_type_ids: torch.Tensor | None = None
 
 
+#: The output field that holds the cache: ``cache`` from transformers 5.24 on (which warns when an
+#: output is built with the old name), ``past_key_values`` before.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
 def _cache_argument(past_key_values, kwargs: dict):
     """The key/value cache, whichever name the caller used.
 
@@ -234,7 +239,7 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
         return OwlCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values if use_cache else None,
+            **{_CACHE_FIELD: past_key_values if use_cache else None},
             attention_mask=attention_mask,
             labels=labels,
             mm_token_type_ids=mm_token_type_ids,
