@@ -184,6 +184,50 @@ def test_also_train_adds_whole_modules_to_a_stage(tmp_path):
         load_recipe({**base, "also_train": ["vision"], "lora": {"r": 4}})
 
 
+def test_lr_scales_multiply_the_rate_under_a_name_prefix(tmp_path):
+    """``optim.lr_scales``: a multiplier per parameter-name prefix (the longest wins), on top of
+    the layer-wise decay, in a group of its own; bad prefixes and values are one-line errors;
+    the optimiser of a real run holds the scaled rates."""
+    from owlkit.errors import ConfigError
+    from owlkit.training.params import apply_stage, param_groups
+    from owlkit.training.recipe import load_recipe
+
+    model = _model("test-owl2")
+    apply_stage(model, "owl2_stage2", ["vision"])
+    scales = {"vision": 0.1, "abstractor": 2.0, "abstractor.layers.1": 3.0}
+    groups = param_groups(model.named_parameters(), lr=1.0, weight_decay=0.0, layer_decay=0.5,
+                          num_vision_layers=2, lr_scales=scales)
+    where = {n: g for g in groups for n in g["param_names"]}
+    assert where["vision.embeddings.patch_embed.weight"]["lr"] == pytest.approx(0.125 * 0.1)
+    assert where["vision.layers.1.mlp.fc1.weight"]["lr"] == pytest.approx(0.5 * 0.1)
+    assert where["abstractor.layers.0.attention.query.weight"]["lr"] == 2.0
+    assert where["abstractor.layers.1.attention.query.weight"]["lr"] == 3.0
+    assert where["lm_head.weight"]["lr"] == 1.0 and where["lm_head.weight"]["name"] == "default/decay"
+    names = [g["name"] for g in groups]
+    assert len(names) == len(set(names))
+    with pytest.raises(ConfigError, match="no parameter is named 'visoin'"):
+        param_groups(model.named_parameters(), lr=1.0, weight_decay=0.0, lr_scales={"visoin": 0.5})
+    base = {"stage": "owl2_stage2", "model": {"preset": "test-owl2"}, "data": {"sources": [{"type": "random"}]},
+            "train": {"steps": 1}, "output_dir": str(tmp_path)}
+    assert load_recipe(base, ["optim.lr_scales.vision=0.3"])["optim"]["lr_scales"] == {"vision": 0.3}
+    for bad in ("optim.lr_scales={vision: 0}", "optim.lr_scales={vision: fast}", "optim.lr_scales=[vision]"):
+        with pytest.raises(ConfigError, match="optim.lr_scales must map"):
+            load_recipe(base, [bad])
+    # a real one-step run: Adam's first step moves every weight by about the group's rate
+    from safetensors.torch import load_file
+
+    from owlkit.training.loop import build_model, train
+
+    moved = {}
+    for name, over in (("plain", {}), ("scaled", {"optim__lr_scales": {"abstractor": 0.25}})):
+        recipe = load_recipe(tiny(tmp_path / name, train__steps=1, optim__weight_decay=0.0, **over))
+        start = build_model(recipe, recipe["train"]["seed"]).state_dict()
+        end = load_file(str(train(recipe).final_dir / "model.safetensors"))
+        moved[name] = {k: (end[k] - start[k]).abs().max().item() for k in ("abstractor.query_embeds", "lm_head.weight")}
+    assert moved["scaled"]["lm_head.weight"] == pytest.approx(moved["plain"]["lm_head.weight"], rel=1e-3)
+    assert moved["scaled"]["abstractor.query_embeds"] == pytest.approx(0.25 * moved["plain"]["abstractor.query_embeds"], rel=1e-3)
+
+
 def test_param_groups_layer_decay_and_no_weight_decay():
     """Every parameter's group and learning rate (BEiT convention, L = 2 vision layers)."""
     from owlkit.training.params import apply_stage, param_groups

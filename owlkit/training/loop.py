@@ -346,6 +346,7 @@ class _Run:
         self.groups = param_groups(
             named, lr=float(r["optim"]["lr"]), weight_decay=float(r["optim"]["weight_decay"]),
             layer_decay=float(r["optim"]["layer_decay"]), num_vision_layers=self.config.vision_config.num_hidden_layers,
+            lr_scales=r["optim"]["lr_scales"],
         )
         self.trainable = [p for g in self.groups for p in g["params"]]
         self.optimizer = build_optimizer(self.groups, r["optim"])

@@ -29,7 +29,7 @@ encoder gets ``lr``. No weight decay on 1-D parameters (norms, biases) and on em
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
@@ -160,24 +160,47 @@ def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
     return True
 
 
+def _module_scale(name: str, lr_scales: Mapping[str, float]) -> tuple[str, float] | None:
+    """The longest ``lr_scales`` prefix of ``name`` (whole name components) and its multiplier."""
+    best = None
+    for prefix, scale in lr_scales.items():
+        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, float(scale))
+    return best
+
+
 def param_groups(
     named: Iterable[tuple[str, torch.nn.Parameter]],
     lr: float,
     weight_decay: float,
     layer_decay: float = 1.0,
     num_vision_layers: int = 0,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> list[dict]:
     """Optimiser groups of the trainable parameters, named ``"<label>/decay|no_decay"``.
 
     Every group carries ``name``, ``params``, ``param_names`` (canonical), ``lr`` (peak),
     ``lr_scale`` and ``weight_decay``; the order is deterministic (first appearance).
+    ``lr_scales`` (recipe key ``optim.lr_scales``) multiplies the LR of every parameter under a
+    canonical name prefix (``vision``, ``abstractor``, ``language_model.layers.0``, ...; the
+    longest matching prefix wins), on top of the vision encoder's layer-wise decay.
     """
+    named = list(named)
+    lr_scales = dict(lr_scales or {})
+    names = [canonical_name(raw) for raw, _ in named]
+    for prefix in lr_scales:
+        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+            tops = sorted({n.split(".", 1)[0] for n in names})
+            raise ConfigError(f"optim.lr_scales: no parameter is named {prefix!r} or below it; "
+                              f"use a parameter name prefix such as {', '.join(tops)}")
     groups: dict[str, dict] = {}
-    for raw, p in named:
+    for (raw, p), name in zip(named, names):
         if not p.requires_grad:
             continue
-        name = canonical_name(raw)
         label, scale = lr_scale(name, num_vision_layers, layer_decay)
+        module = _module_scale(name, lr_scales)
+        if module is not None:
+            label, scale = f"{label}@{module[0]}", scale * module[1]
         decay = uses_weight_decay(name, p)
         key = f"{label}/{'decay' if decay else 'no_decay'}"
         g = groups.get(key)

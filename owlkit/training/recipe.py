@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
         "eps": 1e-6,
         "weight_decay": 0.05,
         "layer_decay": 1.0,  # vision encoder layer-wise LR decay factor (1 = off)
+        "lr_scales": {},  # {parameter name prefix: LR multiplier}, e.g. {vision: 0.3}
         "schedule": "cosine",  # cosine | linear | constant (all after linear warmup)
         "min_lr_ratio": 0.0,
         "warmup_steps": None,  # wins over warmup_ratio when set
@@ -93,7 +94,7 @@ LORA_DEFAULTS: dict[str, Any] = {
 }
 
 #: Keys whose value is a free-form mapping or list (no key checking below them here).
-_FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train"}
+_FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train", "optim.lr_scales"}
 
 _CHOICES = {
     "stage": STAGES,
@@ -316,6 +317,14 @@ def validate(recipe: Recipe) -> Recipe:
     for path in ("optim.weight_decay", "optim.min_lr_ratio", "optim.warmup_ratio"):
         _number(recipe, path, minimum=0)
     _number(recipe, "optim.layer_decay", minimum=0, strict_min=True)
+    scales = recipe["optim"]["lr_scales"]
+    if scales is None:
+        recipe["optim"]["lr_scales"] = scales = {}
+    if not isinstance(scales, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for k, v in scales.items()):
+        raise ConfigError(f"optim.lr_scales must map parameter name prefixes to positive numbers "
+                          f"(e.g. {{vision: 0.3}}), got {scales!r}")
     _number(recipe, "optim.grad_clip", minimum=0, allow_none=True)
     _number(recipe, "optim.warmup_steps", minimum=0, integer=True, allow_none=True)
     if recipe["optim"]["min_lr_ratio"] > 1 or recipe["optim"]["warmup_ratio"] > 1:
