@@ -226,6 +226,11 @@ def test_lr_scales_multiply_the_rate_under_a_name_prefix(tmp_path):
         moved[name] = {k: (end[k] - start[k]).abs().max().item() for k in ("abstractor.query_embeds", "lm_head.weight")}
     assert moved["scaled"]["lm_head.weight"] == pytest.approx(moved["plain"]["lm_head.weight"], rel=1e-3)
     assert moved["scaled"]["abstractor.query_embeds"] == pytest.approx(0.25 * moved["plain"]["abstractor.query_embeds"], rel=1e-3)
+    # resuming a run with other groups is a one-line error, not a failure inside torch
+    recipe = load_recipe(tiny(tmp_path / "plain", train__steps=2, checkpoint__every=1,
+                              optim__lr_scales={"abstractor": 0.5}))
+    with pytest.raises(ConfigError, match="other optimiser groups .* optim.lr_scales"):
+        train(recipe, resume=True)
 
 
 def test_param_groups_layer_decay_and_no_weight_decay():

@@ -398,6 +398,14 @@ class _Run:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         osd = ckpt.load_torch(path / "optimizer.pt")
+        saved = [g.get("name") for g in osd.get("param_groups", [])]
+        wanted = [g["name"] for g in self.groups]
+        if saved != wanted:
+            raise ConfigError(
+                f"the checkpoint {path} was written with other optimiser groups ({', '.join(map(str, saved))}) "
+                f"than this recipe makes ({', '.join(wanted)}): the trainable parameters or optim.lr_scales "
+                "changed; resume with the recipe that wrote it, or start a new run from its weights (model.init)"
+            )
         set_optimizer_state_dict(self.wrapped, self.optimizer, optim_state_dict=osd,
                                  options=StateDictOptions(full_state_dict=True))
 

@@ -160,13 +160,18 @@ def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
     return True
 
 
+def _under(name: str, prefix: str) -> bool:
+    """Whether ``prefix`` is ``name`` or its leading dotted components."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def _module_scale(name: str, lr_scales: Mapping[str, float]) -> tuple[str, float] | None:
-    """The longest ``lr_scales`` prefix of ``name`` (whole name components) and its multiplier."""
-    best = None
-    for prefix, scale in lr_scales.items():
-        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
-            best = (prefix, float(scale))
-    return best
+    """The longest ``lr_scales`` prefix of ``name`` and its multiplier."""
+    matches = [prefix for prefix in lr_scales if _under(name, prefix)]
+    if not matches:
+        return None
+    prefix = max(matches, key=len)
+    return prefix, float(lr_scales[prefix])
 
 
 def param_groups(
@@ -189,7 +194,7 @@ def param_groups(
     lr_scales = dict(lr_scales or {})
     names = [canonical_name(raw) for raw, _ in named]
     for prefix in lr_scales:
-        if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+        if not any(_under(n, prefix) for n in names):
             tops = sorted({n.split(".", 1)[0] for n in names})
             raise ConfigError(f"optim.lr_scales: no parameter is named {prefix!r} or below it; "
                               f"use a parameter name prefix such as {', '.join(tops)}")
