@@ -114,7 +114,7 @@ def test_bundled_recipes_load_and_name_their_command():
     assert load_recipe("owl2_stage1").optim.layer_decay == 0.9
 
 
-def test_cli_reports_recipe_errors_in_one_line_with_exit_code_2(capsys):
+def test_cli_reports_recipe_errors_in_one_line_with_exit_code_2(capsys, tmp_path):
     assert owl(["train", "smoke", "optim.lrr=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "owl train: error: unknown recipe key 'optim.lrr'; did you mean 'optim.lr'?"
@@ -122,6 +122,11 @@ def test_cli_reports_recipe_errors_in_one_line_with_exit_code_2(capsys):
     assert "steps: 5" in capsys.readouterr().out
     assert owl(["train", "smoke", "--resume", "train.steps=6", "--print-recipe"]) == 0  # not a checkpoint path
     assert "steps: 6" in capsys.readouterr().out
+    assert owl(["train", "smoke", "optim.lr_scales.vision=-1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("owl train: error: optim.lr_scales must map")
+    assert owl(["train", "smoke", "optim.lr_scales.visoin=0.5", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("owl train: error: optim.lr_scales: no parameter is named 'visoin'") and "vision" in err
 
 
 # ---------------------------------------------------------------------------------------------
