@@ -234,7 +234,8 @@ def test_lr_scales_multiply_the_rate_under_a_name_prefix(tmp_path):
     # resuming a run with other groups is a one-line error, not a failure inside torch
     recipe = load_recipe(tiny(tmp_path / "plain", train__steps=2, checkpoint__every=1,
                               optim__lr_scales={"abstractor": 0.5}))
-    with pytest.raises(ConfigError, match="other optimiser groups .* optim.lr_scales"):
+    with pytest.raises(ConfigError, match=r"other optimiser groups \(only there: none; only in this recipe: "
+                                          r"default@abstractor/.*optim.lr_scales"):
         train(recipe, resume=True)
 
 

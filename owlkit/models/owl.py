@@ -58,7 +58,7 @@ def _cache_argument(past_key_values, kwargs: dict):
     under the name the installed release reads back.
     """
     cache = kwargs.pop("cache", None)
-    if cache is not None and past_key_values is not None and cache is not past_key_values:
+    if cache is not None and past_key_values is not None:
         raise InputError("pass the key/value cache once, as cache or as past_key_values, not both")
     return past_key_values if past_key_values is not None else cache
 

@@ -401,10 +401,13 @@ class _Run:
         saved = [g.get("name") for g in osd.get("param_groups", [])]
         wanted = [g["name"] for g in self.groups]
         if saved != wanted:
+            only_saved = [str(n) for n in saved if n not in wanted] or ["none"]
+            only_wanted = [n for n in wanted if n not in saved] or ["none"]
             raise ConfigError(
-                f"the checkpoint {path} was written with other optimiser groups ({', '.join(map(str, saved))}) "
-                f"than this recipe makes ({', '.join(wanted)}): the trainable parameters or optim.lr_scales "
-                "changed; resume with the recipe that wrote it, or start a new run from its weights (model.init)"
+                f"the checkpoint {path} was written with other optimiser groups (only there: "
+                f"{', '.join(only_saved)}; only in this recipe: {', '.join(only_wanted)}): the trainable "
+                "parameters or optim.lr_scales changed; resume with the recipe that wrote it, or start a "
+                "new run from its weights (model.init)"
             )
         set_optimizer_state_dict(self.wrapped, self.optimizer, optim_state_dict=osd,
                                  options=StateDictOptions(full_state_dict=True))
