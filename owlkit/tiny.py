@@ -221,8 +221,15 @@ def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000
 
     stage0 = run_stage("owl_tiny_text.yaml", [f"model.init={init}", f"data.sources.0.path={text}",
                                               f"output_dir={out / 'text'}", steps("owl_tiny_text.yaml")])
-    copy_text_branches_to_visual(stage0)
-    stage1 = run_stage("owl_tiny_stage1.yaml", [f"model.init={stage0}", f"data.sources.0.path={world / 'captions.jsonl'}",
+    from owlkit.tiny_vision import VisionPretrainSettings, pretrain_vision
+
+    vision_settings = VisionPretrainSettings()
+    vision_settings.steps = max(1, int(vision_settings.steps * steps_scale))
+    vision_settings.eval_every = min(vision_settings.eval_every, vision_settings.steps)
+    _log(f"vision pre-training: {vision_settings.steps} steps of {vision_settings.batch_size} images")
+    seeing = pretrain_vision(stage0, world, out / "vision", vision_settings, log=_log)
+    copy_text_branches_to_visual(seeing)
+    stage1 = run_stage("owl_tiny_stage1.yaml", [f"model.init={seeing}", f"data.sources.0.path={world / 'captions.jsonl'}",
                                                 f"output_dir={out / 'stage1'}", steps("owl_tiny_stage1.yaml")])
     stage2 = run_stage("owl_tiny_stage2.yaml", [f"model.init={stage1}", f"data.sources.0.path={world / 'instruct.json'}",
                                                 f"data.sources.1.path={text}", f"output_dir={out / 'stage2'}", steps("owl_tiny_stage2.yaml")])
