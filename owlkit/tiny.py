@@ -12,13 +12,14 @@ real data, in the papers' order:
 3. **text pre-training** of the decoder (no pretrained LLM can be downloaded): the world's
    instructions with every image replaced by its caption, so the decoder learns the language
    and the reasoning of the world from text (recipe ``owl_tiny_text.yaml``);
-4. the visual branches of the modality-adaptive module are initialised from the text branches,
-   as mPLUG-Owl2 does;
+4. **vision pre-training** of the encoder on the world's images (no CLIP can be downloaded;
+   :mod:`owlkit.tiny_vision`: every patch names its cell's object, the CLS token the count, the
+   text band spells the word), then the visual branches of the modality-adaptive module are
+   initialised from the text branches, as mPLUG-Owl2 does;
 5. **stage 1**: image-caption pre-training, decoder frozen except its visual branches
    (``owl_tiny_stage1.yaml``, stage ``owl2_stage1``);
 6. **stage 2**: joint instruction tuning on multimodal and text-only instructions
-   (``owl_tiny_stage2.yaml``, stage ``owl2_stage2``); unlike the paper's CLIP encoder, this
-   from-scratch encoder keeps training (``also_train: [vision]``);
+   (``owl_tiny_stage2.yaml``, stage ``owl2_stage2``), the vision encoder frozen as in the paper;
 7. **evaluation** on a held-out world (``owl eval synth``), then the model, a few example scenes
    and the training curves are installed in the package.
 

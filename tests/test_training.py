@@ -167,7 +167,7 @@ def test_freezing_follows_the_papers(preset, stage, rule):
 
 
 def test_also_train_adds_whole_modules_to_a_stage(tmp_path):
-    """``also_train: [vision]`` (owl-tiny's stage 2): the stage's policy plus the vision encoder,
+    """``also_train: [vision]`` (as a stage 2 that keeps tuning the encoder): the stage's policy plus the vision encoder,
     which then gets its layer-wise decayed rates; a typo is a one-line error."""
     from owlkit.errors import ConfigError
     from owlkit.training.params import apply_stage, param_groups

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("action", choices=["build"], help="build: world, tokenizer, text pre-training, stages 1-2, eval")
+    parser.add_argument("action", choices=["build"], help="build: world, tokenizer, text and vision pre-training, stages 1-2, eval")
     parser.add_argument("--out", default="runs/owl-tiny", help="working folder (world, runs, evaluation)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--images", type=int, default=6000, help="images in the training world")

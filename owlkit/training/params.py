@@ -12,8 +12,8 @@ owl1_stage1    vision encoder and abstractor (language model frozen)
 owl1_stage2    LoRA adapters on the language model + ``lora.modules_to_save`` (abstractor)
 =============  =========================================================================
 
-The recipe's ``also_train`` adds whole top-level modules to a stage's policy (owl-tiny's stage 2
-trains its from-scratch vision encoder: ``also_train: [vision]``).
+The recipe's ``also_train`` adds whole top-level modules to a stage's policy (e.g. a stage 2 that
+keeps tuning a vision encoder: ``also_train: [vision]``).
 
 With ``lora`` set (instruction stages only) every base parameter is frozen and peft trains the
 adapters plus the modules named in ``lora.modules_to_save``.
