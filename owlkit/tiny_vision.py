@@ -26,7 +26,6 @@ The heads are linear and thrown away afterwards; only the encoder's weights chan
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import string
@@ -200,6 +199,7 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
     from owlkit.data.synth import load_scenes, random_scene, render
     from owlkit.models.owl import OwlForCausalLM
     from owlkit.processing.images import OwlImageProcessor
+    from owlkit.training.optim import build_optimizer, build_scheduler
 
     s = settings or VisionPretrainSettings()
     model_dir, world, out_dir = Path(model_dir), Path(world), Path(out_dir)
@@ -221,15 +221,13 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
     check_targets = [patch_targets(sc, size, patch) for sc in held_out]
 
     heads = PretrainHeads(vision.config.hidden_size, len(band))
-    params = [p for p in list(vision.parameters()) + list(heads.parameters())]
+    params = list(vision.parameters()) + list(heads.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=s.weight_decay)
-
-    def lr_at(step: int) -> float:
-        warm = min(1.0, (step + 1) / max(1, s.warmup_steps))
-        progress = min(1.0, max(0, step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
-        return s.lr * warm * (s.min_lr_ratio + (1 - s.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    optim = {"lr": s.lr, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": s.weight_decay,
+             "warmup_steps": s.warmup_steps, "min_lr_ratio": s.min_lr_ratio}
+    opt = build_optimizer([{"params": params}], optim, fused=False)
+    schedule = build_scheduler(opt, optim, s.steps)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")
@@ -237,16 +235,16 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
     vision.train()
     start = time.perf_counter()
     for step in range(s.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
         index = torch.randint(0, len(targets), (s.batch_size,), generator=order).tolist()
         cells, counts, letters = _batch(targets, index)
         loss, *_ = _loss(heads, vision(pixels[index]), grid, band, cells, counts, letters)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+        lr = opt.param_groups[0]["lr"]
         opt.step()
-        row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr_at(step),
+        schedule.step()
+        row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr,
                "elapsed_s": round(time.perf_counter() - start, 2)}
         if (step + 1) % s.eval_every == 0 or step + 1 == s.steps:
             row["eval"] = _check(vision, heads, check_pixels, check_targets, grid, band)
