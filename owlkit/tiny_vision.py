@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 LETTERS = string.ascii_uppercase  # CTC classes: 0 = blank, 1.. = A..Z
@@ -135,7 +136,7 @@ class PretrainHeads(nn.Module):
         return cell, self.count(cls), self.letters(columns).log_softmax(-1)
 
 
-def _loss(heads: PretrainHeads, tokens, grid, band, cells, counts, letters):
+def _loss(heads: PretrainHeads, tokens, grid, band, cells, counts, letters) -> torch.Tensor:
     cell, count, letter_lp = heads(tokens, grid, band)
     loss = sum(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), cells[..., k].reshape(-1))
                for k, logits in enumerate(cell))
@@ -146,7 +147,7 @@ def _loss(heads: PretrainHeads, tokens, grid, band, cells, counts, letters):
         lengths = torch.tensor([len(letters[i]) for i in written], dtype=torch.long)
         loss = loss + F.ctc_loss(letter_lp[written].transpose(0, 1), targets,
                                  torch.full((len(written),), grid, dtype=torch.long), lengths, zero_infinity=True)
-    return loss, cell, count, letter_lp
+    return loss
 
 
 def ctc_greedy(letter_lp: torch.Tensor) -> list[list[int]]:
@@ -163,6 +164,11 @@ def _batch(targets: list[PatchTargets], index: list[int]):
     return cells, counts, [targets[i].letters for i in index]
 
 
+def _processed(processor, path: Path) -> torch.Tensor:
+    with Image.open(path) as image:
+        return processor([image])
+
+
 def _check(vision, heads, pixels, targets, grid, band) -> dict:
     """Held-out accuracy of each head: colour/shape/size/object (all three)/place (object and
     cell) over patches in occupied cells, count over images, the word (exact, CTC best path)
@@ -174,7 +180,7 @@ def _check(vision, heads, pixels, targets, grid, band) -> dict:
         for start in range(0, len(targets), 100):
             index = list(range(start, min(start + 100, len(targets))))
             cells, counts, letters = _batch(targets, index)
-            _, cell, count, letter_lp = _loss(heads, vision(pixels[index]), grid, band, cells, counts, letters)
+            cell, count, letter_lp = heads(vision(pixels[index]), grid, band)
             mask = cells[..., 0] > 0
             occupied += int(mask.sum())
             for k, name in enumerate(right):
@@ -194,11 +200,10 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
                     settings: VisionPretrainSettings | None = None, threads: int = 2, log=print) -> Path:
     """Pre-train the vision encoder of the model in ``model_dir`` on ``world``'s images; the
     whole model (other weights unchanged) goes to ``out_dir``. Returns ``out_dir``."""
-    from PIL import Image
-
     from owlkit.data.synth import load_scenes, random_scene, render
     from owlkit.models.owl import OwlForCausalLM
     from owlkit.processing.images import OwlImageProcessor
+    from owlkit.training.metrics import MetricsLogger
     from owlkit.training.optim import build_optimizer, build_scheduler
 
     s = settings or VisionPretrainSettings()
@@ -213,7 +218,7 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
 
     scenes = load_scenes(world)
     paths = sorted(scenes)
-    pixels = torch.cat([processor([Image.open(world / p)]) for p in paths])
+    pixels = torch.cat([_processed(processor, world / p) for p in paths])
     targets = [patch_targets(scenes[p], size, patch) for p in paths]
     rng = random.Random(f"owl-tiny vision pre-training check {s.seed}")
     held_out = [random_scene(rng, word_prob=0.5, noise_prob=0.2) for _ in range(s.eval_scenes)]
@@ -222,35 +227,34 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
 
     heads = PretrainHeads(vision.config.hidden_size, len(band))
     params = list(vision.parameters()) + list(heads.parameters())
-    for p in params:
-        p.requires_grad_(True)
     optim = {"lr": s.lr, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": s.weight_decay,
              "warmup_steps": s.warmup_steps, "min_lr_ratio": s.min_lr_ratio}
     opt = build_optimizer([{"params": params}], optim, fused=False)
     schedule = build_scheduler(opt, optim, s.steps)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = open(out_dir / "metrics.jsonl", "w", encoding="utf-8")
+    metrics = MetricsLogger(out_dir, enabled=True)
     order = torch.Generator().manual_seed(s.seed)
     vision.train()
     start = time.perf_counter()
-    for step in range(s.steps):
-        index = torch.randint(0, len(targets), (s.batch_size,), generator=order).tolist()
-        cells, counts, letters = _batch(targets, index)
-        loss, *_ = _loss(heads, vision(pixels[index]), grid, band, cells, counts, letters)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-        lr = opt.param_groups[0]["lr"]
-        opt.step()
-        schedule.step()
-        row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr,
-               "elapsed_s": round(time.perf_counter() - start, 2)}
-        if (step + 1) % s.eval_every == 0 or step + 1 == s.steps:
-            row["eval"] = _check(vision, heads, check_pixels, check_targets, grid, band)
-            log(f"vision pre-training step {step + 1}/{s.steps}: loss {row['loss']:.4f}, held-out {row['eval']}")
-        metrics.write(json.dumps(row) + "\n")
-    metrics.close()
+    try:
+        for step in range(s.steps):
+            index = torch.randint(0, len(targets), (s.batch_size,), generator=order).tolist()
+            cells, counts, letters = _batch(targets, index)
+            loss = _loss(heads, vision(pixels[index]), grid, band, cells, counts, letters)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            schedule.step()
+            row = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr,
+                   "elapsed_s": round(time.perf_counter() - start, 2)}
+            if (step + 1) % s.eval_every == 0 or step + 1 == s.steps:
+                row["eval"] = _check(vision, heads, check_pixels, check_targets, grid, band)
+                log(f"vision pre-training step {step + 1}/{s.steps}: loss {row['loss']:.4f}, held-out {row['eval']}")
+            metrics.log(row)
+    finally:
+        metrics.close()
     vision.eval()
     model.save_pretrained(out_dir)
     for name in ("tokenizer.model", "preprocessor_config.json", "generation_config.json"):
