@@ -5,9 +5,10 @@ and one at a time with ``Owl.chat``, in the same run; prints JSON with the speed
 least 4x). For transparency it also times ``generate_batch`` at batch size 1: that isolates what
 batching itself gives from what the batching engine's leaner decoding loop gives.
 
-On a shared machine one timing can be off by a third, so the three timings are repeated
-(``--rounds``, default 3) and the median speed-up is reported with the extremes, each round
-with the machine's matmul rate measured just before it.
+On a shared machine one timing can be off by a third. So the three ways take turns on each
+group of ``--batch-size`` questions (a slowdown of the machine falls on all three), the rounds
+are repeated (``--rounds``, default 3) and the median speed-up is reported with the extremes,
+each round with the machine's matmul rate measured just before it.
 
     python benchmarks/generate.py [--threads 2] [--questions 16] [--max-new-tokens 32] [--rounds 3]
 """
@@ -92,9 +93,21 @@ def main() -> None:
     rounds = []
     for _ in range(args.rounds):
         gflops = matmul_gflops()
-        t_single, singles = timed(lambda: [owl.chat(c, **gen) for c in convs])
-        t_batch, batched = timed(lambda: owl.generate_batch(convs, batch_size=args.batch_size, **gen))
-        t_engine_single, engine_singles = timed(lambda: owl.generate_batch(convs, batch_size=1, **gen))
+        # The three ways take turns on each group of ``batch_size`` questions, so that a change in
+        # the shared machine's speed during the round falls on all three alike.
+        t_single = t_batch = t_engine_single = 0.0
+        singles, batched, engine_singles = [], [], []
+        for start in range(0, len(convs), args.batch_size):
+            group = convs[start:start + args.batch_size]
+            t, out = timed(lambda: owl.generate_batch(group, batch_size=args.batch_size, **gen))
+            t_batch += t
+            batched += out
+            t, out = timed(lambda: [owl.chat(c, **gen) for c in group])
+            t_single += t
+            singles += out
+            t, out = timed(lambda: owl.generate_batch(group, batch_size=1, **gen))
+            t_engine_single += t
+            engine_singles += out
         rounds.append({
             "matmul_gflops": round(gflops, 1),
             "one_by_one_answers_per_s": round(args.questions / t_single, 3),

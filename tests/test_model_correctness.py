@@ -189,3 +189,24 @@ def test_packed_linear_stacks_several_products_with_and_without_bias():
         joint = cpu_decoding.PackedLinear(with_bias, without)(x)
         torch.testing.assert_close(joint, torch.cat([with_bias(x), without(x)], -1), atol=1e-5, rtol=1e-5)
     assert joint.shape == (5, 32)
+
+
+def test_inference_encodes_images_in_chunks_with_the_same_numbers(monkeypatch):
+    """Without gradients ``encode_images`` splits a batch of images; each image's rows are unchanged."""
+    import owlkit.models.owl as owl_module
+
+    model = tiny_model("test-owl2").eval()
+    grid = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    pixels = torch.randn(5, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+    with torch.no_grad():
+        whole = model.encode_images(pixels)
+        monkeypatch.setattr(owl_module, "INFERENCE_VISION_TOKENS", 2 * grid)  # chunks of 2, 2, 1
+        calls = []
+        model.vision.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
+        chunked = model.encode_images(pixels)
+    assert calls == [2, 2, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    with torch.enable_grad():  # training keeps one call: the batch is what the optimiser sees
+        calls.clear()
+        model.encode_images(pixels)
+    assert calls == [5]
