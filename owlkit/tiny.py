@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -224,9 +225,9 @@ def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000
                                               f"output_dir={out / 'text'}", steps("owl_tiny_text.yaml")])
     from owlkit.tiny_vision import VisionPretrainSettings, pretrain_vision
 
-    vision_settings = VisionPretrainSettings()
-    vision_settings.steps = max(1, int(vision_settings.steps * steps_scale))
-    vision_settings.eval_every = min(vision_settings.eval_every, vision_settings.steps)
+    default = VisionPretrainSettings()
+    vision_steps = max(1, int(default.steps * steps_scale))
+    vision_settings = replace(default, steps=vision_steps, eval_every=min(default.eval_every, vision_steps))
     _log(f"vision pre-training: {vision_settings.steps} steps of {vision_settings.batch_size} images")
     seeing = pretrain_vision(stage0, world, out / "vision", vision_settings, log=_log)
     copy_text_branches_to_visual(seeing)

@@ -10,8 +10,8 @@ description (no held-out scene is used):
 - every patch whose centre lies in a grid cell names the object in that cell (or "none"): its
   colour, its shape and its size, and also one joint class of the three and one joint class
   of object and cell. A patch must know its whole cell, and the joint heads force codes for
-  conjunctions ("red
-  circle at the top left"), not a red code plus a circle code: when the abstractor averages
+  conjunctions ("red circle at
+  the top left"), not a red code plus a circle code: when the abstractor averages
   two objects' patches, a sum of conjunction codes still says which colour goes with which
   shape and place, while "red + circle + blue + square" would not;
 - the CLS token names the number of objects;
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import string
 import time
 from dataclasses import asdict, dataclass
@@ -60,7 +59,7 @@ class VisionPretrainSettings:
 
 @dataclass
 class PatchTargets:
-    """Labels of one image: per patch ``[colour, shape, size]`` (0 = none), objects, letters."""
+    """Labels of one image: per patch its cell's object (0 = none), the object count, the word's letters."""
 
     cells: np.ndarray  # [patches, 5] int64: colour, shape, size, object, object-and-cell (0 = none)
     count: int
@@ -200,6 +199,7 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
                     settings: VisionPretrainSettings | None = None, threads: int = 2, log=print) -> Path:
     """Pre-train the vision encoder of the model in ``model_dir`` on ``world``'s images; the
     whole model (other weights unchanged) goes to ``out_dir``. Returns ``out_dir``."""
+    from owlkit.checkpoints import _copy_side_files
     from owlkit.data.synth import load_scenes, random_scene, render
     from owlkit.models.owl import OwlForCausalLM
     from owlkit.processing.images import OwlImageProcessor
@@ -257,8 +257,6 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
         metrics.close()
     vision.eval()
     model.save_pretrained(out_dir)
-    for name in ("tokenizer.model", "preprocessor_config.json", "generation_config.json"):
-        if (model_dir / name).exists():
-            shutil.copy2(model_dir / name, out_dir / name)
+    _copy_side_files(model_dir, out_dir)
     (out_dir / "vision_pretrain.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
     return out_dir

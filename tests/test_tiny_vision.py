@@ -68,4 +68,6 @@ def test_pretrain_vision_trains_only_the_encoder_and_logs(tmp_path):
     assert last < 0.8 * first
     checks = [r["eval"] for r in rows if "eval" in r]
     assert len(checks) == 2 and set(checks[0]) == {"colour", "shape", "size", "object", "place", "count", "word"}
-    assert (out / "preprocessor_config.json").exists()
+    side_files = {f.name for f in (tmp_path / "init").iterdir() if f.suffix != ".safetensors"}
+    assert {"preprocessor_config.json", "generation_config.json"} <= side_files
+    assert side_files <= {f.name for f in out.iterdir()}  # the output is a model folder like its input
