@@ -53,7 +53,7 @@ def _log(message: str) -> None:
 
 def text_only(world: Path) -> Path:
     """The world's instructions with each image replaced by its caption (text pre-training data)."""
-    from owlkit.data.synth import caption, load_scenes
+    from owlkit.data.synth import described, load_scenes
 
     scenes = load_scenes(world)
     samples = json.loads((world / "instruct.json").read_text())
@@ -61,16 +61,8 @@ def text_only(world: Path) -> Path:
     for sample in samples:
         images = sample.get("image") or []
         images = [images] if isinstance(images, str) else list(images)
-        turns = []
-        for turn in sample["conversations"]:
-            value = turn["value"]
-            if "<|image|>" in value:
-                described = []
-                for k in range(value.count("<|image|>")):
-                    text = caption(scenes[images[k]])
-                    described.append(f"Image {k + 1}: {text}" if len(images) > 1 else f"Image: {text}")
-                value = "\n".join(described) + "\n" + value.replace("<|image|>", "").strip()
-            turns.append({"from": turn["from"], "value": value})
+        shown = [scenes[i] for i in images]
+        turns = [{"from": t["from"], "value": described(t["value"], shown)} for t in sample["conversations"]]
         out.append({"id": f"text-{sample['id']}", "task": sample.get("task"), "conversations": turns})
     path = world / "text.json"
     path.write_text(json.dumps(out))

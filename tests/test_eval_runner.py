@@ -358,3 +358,15 @@ def test_synth_eval_command(tmp_path, capsys):
     result = json.loads((tmp_path / "run" / "synth_results.json").read_text())
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["n"] == 2 for r in result["tasks"].values())
     assert len(result["examples"]) == 2 * len(result["tasks"])
+    assert result["described"] is False
+
+    # the same questions with each image replaced by its caption
+    assert owl(["eval", "synth", "--model", str(folder), "--seed", "5", "--n-per-task", "2", "--max-new-tokens", "4",
+                "--output", str(tmp_path / "run2"), "--quiet", "--described"]) == 0
+    assert "replaced by their scenes' captions" in capsys.readouterr().out
+    described = json.loads((tmp_path / "run2" / "synth_results.json").read_text())
+    assert described["described"] is True
+    assert [e["question"] for e in described["examples"]] == [e["question"] for e in result["examples"]]
+    # and only there
+    err = _bad(["eval", "pope", "--data", str(tmp_path), "--model", str(folder), "--described"], capsys)
+    assert "--described is for 'owl eval synth' only" in err

@@ -153,6 +153,34 @@ def test_caption_template():
     assert S.caption(S.Scene()) == "an empty picture."
 
 
+def test_described_replaces_placeholders_by_captions():
+    one = S.Scene(objects=[S.Obj("circle", "red", "big", 0, 0)])
+    two = S.Scene(word="UP")
+    assert S.described("<|image|>\nWhat colour is the circle?", [one]) == (
+        "Image: a big red circle at the top left.\nWhat colour is the circle?")
+    assert S.described("<|image|>\n<|image|>\nWhich image has more objects?", [one, two]) == (
+        "Image 1: a big red circle at the top left.\n"
+        "Image 2: an empty picture. the word UP is written at the bottom.\nWhich image has more objects?")
+    assert S.described("What is 3 plus 4?", []) == "What is 3 plus 4?"
+    with pytest.raises(ValueError, match="2 image placeholders but 1 scenes"):
+        S.described("<|image|><|image|>", [one])
+
+
+def test_described_eval_conversations_hold_the_captions_and_no_image():
+    from owlkit.evaluation.synth import conversation
+
+    samples = S.make_eval_set(11, 3, image_size=64)
+    for sample in samples:
+        plain, shown = conversation(sample, described=True), conversation(sample)
+        assert len(plain) == len(shown) and [m["role"] for m in plain] == [m["role"] for m in shown]
+        assert all(isinstance(m["content"], str) and "<|image|>" not in m["content"] for m in plain)
+        text = "\n".join(m["content"] for m in plain)
+        for scene in sample.scenes:
+            assert S.caption(scene) in text
+        images = sum(p["type"] == "image" for m in shown for p in m["content"])
+        assert images == len(sample.images)
+
+
 def test_questions_only_when_unambiguous():
     import random
 

@@ -51,6 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=int, default=1000, help="(synth) seed of the held-out world")
     parser.add_argument("--n-per-task", type=int, default=50, help="(synth) questions per task")
+    parser.add_argument("--described", action="store_true",
+                        help="(synth) replace each image by its scene's caption: how well the language side "
+                             "answers from a perfect description")
 
 
 def _compare(args) -> int:
@@ -75,6 +78,7 @@ def _synth(args) -> int:
         raise InputError("--n-per-task must be positive")
     owl = load_owl(args)
     result = evaluate_synth(owl, args.seed, args.n_per_task, batch_size=args.batch_size, progress=not args.quiet,
+                            described=args.described,
                             **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
     print(markdown(result))
     if args.output:
@@ -92,6 +96,8 @@ def run(args) -> int:
         return _compare(args)
     if args.task == "synth":
         return _synth(args)
+    if args.described:
+        raise InputError("--described is for 'owl eval synth' only: the other benchmarks have no scene descriptions")
     spec = get_task(args.task)
     if args.runs:
         raise InputError(f"unexpected argument(s) {' '.join(args.runs)}; run folders are for 'owl eval compare'")

@@ -340,6 +340,24 @@ def caption(scene: Scene) -> str:
     return text
 
 
+def described(text: str, scenes: Sequence[Scene]) -> str:
+    """``text`` with its ``<|image|>`` placeholders replaced by the scenes' captions.
+
+    The descriptions go in front of the remaining text, one line each: ``"Image: ..."`` for one
+    scene, ``"Image 1: ..."``, ``"Image 2: ..."`` for several. This is how owl-tiny's text
+    pre-training sees the instructions, and how ``owl eval synth --described`` asks the held-out
+    questions: the same question with a perfect description instead of the picture.
+    """
+    n = text.count("<|image|>")
+    if not n:
+        return text
+    if n > len(scenes):
+        raise ValueError(f"{n} image placeholders but {len(scenes)} scenes")
+    lines = [f"Image {k + 1}: {caption(scenes[k])}" if len(scenes) > 1 else f"Image: {caption(scenes[k])}"
+             for k in range(n)]
+    return "\n".join(lines) + "\n" + text.replace("<|image|>", "").strip()
+
+
 def _plural(shape: str) -> str:
     return shape + "s"
 

@@ -16,27 +16,42 @@ TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.85, "position": 0.85, "rela
            "read": 0.80, "compare": 0.80, "text": 0.90}
 
 
-def conversation(sample) -> list[dict]:
-    """An EvalSample's turns up to the scored question, as OpenAI-style messages."""
+def conversation(sample, described: bool = False) -> list[dict]:
+    """An EvalSample's turns up to the scored question, as OpenAI-style messages.
+
+    With ``described`` each image is replaced by its scene's caption (text only, see
+    :func:`owlkit.data.synth.described`): the model's language side answers from a perfect
+    description, which tells how much of the error is the seeing and how much the reasoning.
+    """
+    from owlkit.data.synth import described as describe
+
     images = list(sample.images)
     messages = []
     for turn in sample.conversations[:-1]:
         text = turn["value"]
+        role = "user" if turn["from"] == "human" else "assistant"
+        if described:
+            messages.append({"role": role, "content": describe(text, sample.scenes)})
+            continue
         n = text.count("<|image|>")
         parts = [{"type": "image", "image": images.pop(0)} for _ in range(n)]
         parts.append({"type": "text", "text": text.replace("<|image|>", "").strip()})
-        messages.append({"role": "user" if turn["from"] == "human" else "assistant", "content": parts})
+        messages.append({"role": role, "content": parts})
     return messages
 
 
 def evaluate_synth(owl, seed: int, n_per_task: int = 50, batch_size: int = 16, progress: bool = False,
-                   max_new_tokens: int = 48) -> dict:
-    """Per-task exact-match accuracy: ``{"tasks": {task: {"accuracy", "n"}}, "examples": [...]}``."""
+                   max_new_tokens: int = 48, described: bool = False) -> dict:
+    """Per-task exact-match accuracy: ``{"tasks": {task: {"accuracy", "n"}}, "examples": [...]}``.
+
+    ``described``: ask every question with the images replaced by their captions (see
+    :func:`conversation`); the result says so (``"described": true``).
+    """
     from owlkit.data.synth import exact_match, make_eval_set
 
     size = owl.model.config.vision_config.image_size
     samples = make_eval_set(seed, n_per_task, image_size=size)
-    answers = owl.generate_batch([conversation(s) for s in samples], batch_size=batch_size,
+    answers = owl.generate_batch([conversation(s, described) for s in samples], batch_size=batch_size,
                                  progress=progress, max_new_tokens=max_new_tokens)
     right: dict[str, list[bool]] = defaultdict(list)
     examples = []
@@ -46,11 +61,12 @@ def evaluate_synth(owl, seed: int, n_per_task: int = 50, batch_size: int = 16, p
         examples.append({"id": sample.id, "task": sample.task, "question": sample.question,
                          "answer": sample.answer, "prediction": answer, "correct": ok})
     tasks = {t: {"accuracy": sum(v) / len(v), "n": len(v), "target": TARGETS.get(t)} for t, v in sorted(right.items())}
-    return {"seed": seed, "tasks": tasks, "examples": examples}
+    return {"seed": seed, "described": described, "tasks": tasks, "examples": examples}
 
 
 def markdown(result: dict) -> str:
-    lines = ["| task | accuracy | n | target |", "|---|---|---|---|"]
+    lines = ["Images replaced by their scenes' captions (--described).", ""] if result.get("described") else []
+    lines += ["| task | accuracy | n | target |", "|---|---|---|---|"]
     for task, r in result["tasks"].items():
         target = "" if r["target"] is None else f"{r['target']:.0%}"
         lines.append(f"| {task} | {r['accuracy']:.1%} | {r['n']} | {target} |")
