@@ -62,7 +62,10 @@ def text_only(world: Path) -> Path:
         images = sample.get("image") or []
         images = [images] if isinstance(images, str) else list(images)
         shown = [scenes[i] for i in images]
-        turns = [{"from": t["from"], "value": described(t["value"], shown)} for t in sample["conversations"]]
+        turns, start = [], 0
+        for turn in sample["conversations"]:
+            turns.append({"from": turn["from"], "value": described(turn["value"], shown, start)})
+            start += turn["value"].count("<|image|>")
         out.append({"id": f"text-{sample['id']}", "task": sample.get("task"), "conversations": turns})
     path = world / "text.json"
     path.write_text(json.dumps(out))

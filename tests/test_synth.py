@@ -162,6 +162,9 @@ def test_described_replaces_placeholders_by_captions():
         "Image 1: a big red circle at the top left.\n"
         "Image 2: an empty picture. the word UP is written at the bottom.\nWhich image has more objects?")
     assert S.described("What is 3 plus 4?", []) == "What is 3 plus 4?"
+    # a later turn's image is the next scene, numbered as such
+    assert S.described("<|image|>\nAnd this one?", [one, two], start=1) == (
+        "Image 2: an empty picture. the word UP is written at the bottom.\nAnd this one?")
     with pytest.raises(ValueError, match="2 image placeholders but 1 scenes"):
         S.described("<|image|><|image|>", [one])
 

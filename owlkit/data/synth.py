@@ -340,21 +340,22 @@ def caption(scene: Scene) -> str:
     return text
 
 
-def described(text: str, scenes: Sequence[Scene]) -> str:
-    """``text`` with its ``<|image|>`` placeholders replaced by the scenes' captions.
+def described(text: str, scenes: Sequence[Scene], start: int = 0) -> str:
+    """``text`` with its ``<|image|>`` placeholders replaced by the captions of ``scenes[start:]``.
 
-    The descriptions go in front of the remaining text, one line each: ``"Image: ..."`` for one
-    scene, ``"Image 1: ..."``, ``"Image 2: ..."`` for several. This is how owl-tiny's text
-    pre-training sees the instructions, and how ``owl eval synth --described`` asks the held-out
-    questions: the same question with a perfect description instead of the picture.
+    The descriptions go in front of the remaining text, one line each: ``"Image: ..."`` when the
+    sample has one scene, ``"Image 1: ..."``, ``"Image 2: ..."`` when it has several (``start``:
+    how many of them earlier turns showed). This is how owl-tiny's text pre-training sees the
+    instructions, and how ``owl eval synth --described`` asks the held-out questions: the same
+    question with a perfect description instead of the picture.
     """
     n = text.count("<|image|>")
     if not n:
         return text
-    if n > len(scenes):
-        raise ValueError(f"{n} image placeholders but {len(scenes)} scenes")
+    if start + n > len(scenes):
+        raise ValueError(f"{start + n} image placeholders but {len(scenes)} scenes")
     lines = [f"Image {k + 1}: {caption(scenes[k])}" if len(scenes) > 1 else f"Image: {caption(scenes[k])}"
-             for k in range(n)]
+             for k in range(start, start + n)]
     return "\n".join(lines) + "\n" + text.replace("<|image|>", "").strip()
 
 

@@ -27,13 +27,15 @@ def conversation(sample, described: bool = False) -> list[dict]:
 
     images = list(sample.images)
     messages = []
+    shown = 0  # images of the earlier turns
     for turn in sample.conversations[:-1]:
         text = turn["value"]
         role = "user" if turn["from"] == "human" else "assistant"
-        if described:
-            messages.append({"role": role, "content": describe(text, sample.scenes)})
-            continue
         n = text.count("<|image|>")
+        if described:
+            messages.append({"role": role, "content": describe(text, sample.scenes, shown)})
+            shown += n
+            continue
         parts = [{"type": "image", "image": images.pop(0)} for _ in range(n)]
         parts.append({"type": "text", "text": text.replace("<|image|>", "").strip()})
         messages.append({"role": role, "content": parts})
