@@ -53,7 +53,7 @@ def _log(message: str) -> None:
 
 def text_only(world: Path) -> Path:
     """The world's instructions with each image replaced by its caption (text pre-training data)."""
-    from owlkit.data.synth import described, load_scenes
+    from owlkit.data.synth import described_turns, load_scenes
 
     scenes = load_scenes(world)
     samples = json.loads((world / "instruct.json").read_text())
@@ -61,11 +61,8 @@ def text_only(world: Path) -> Path:
     for sample in samples:
         images = sample.get("image") or []
         images = [images] if isinstance(images, str) else list(images)
-        shown = [scenes[i] for i in images]
-        turns, start = [], 0
-        for turn in sample["conversations"]:
-            turns.append({"from": turn["from"], "value": described(turn["value"], shown, start)})
-            start += turn["value"].count("<|image|>")
+        texts = described_turns([t["value"] for t in sample["conversations"]], [scenes[i] for i in images])
+        turns = [{"from": t["from"], "value": text} for t, text in zip(sample["conversations"], texts)]
         out.append({"id": f"text-{sample['id']}", "task": sample.get("task"), "conversations": turns})
     path = world / "text.json"
     path.write_text(json.dumps(out))

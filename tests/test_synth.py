@@ -167,6 +167,10 @@ def test_described_replaces_placeholders_by_captions():
         "Image 2: an empty picture. the word UP is written at the bottom.\nAnd this one?")
     with pytest.raises(ValueError, match="2 image placeholders but 1 scenes"):
         S.described("<|image|><|image|>", [one])
+    # over a conversation, each turn's images take the next scenes
+    assert S.described_turns(["<|image|>\nThis one?", "red", "<|image|>\nAnd this one?"], [one, two]) == [
+        "Image 1: a big red circle at the top left.\nThis one?", "red",
+        "Image 2: an empty picture. the word UP is written at the bottom.\nAnd this one?"]
 
 
 def test_described_eval_conversations_hold_the_captions_and_no_image():

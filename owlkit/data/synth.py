@@ -349,14 +349,23 @@ def described(text: str, scenes: Sequence[Scene], start: int = 0) -> str:
     instructions, and how ``owl eval synth --described`` asks the held-out questions: the same
     question with a perfect description instead of the picture.
     """
-    n = text.count("<|image|>")
+    n = text.count(IMAGE_TOKEN)
     if not n:
         return text
     if start + n > len(scenes):
         raise ValueError(f"{start + n} image placeholders but {len(scenes)} scenes")
     lines = [f"Image {k + 1}: {caption(scenes[k])}" if len(scenes) > 1 else f"Image: {caption(scenes[k])}"
              for k in range(start, start + n)]
-    return "\n".join(lines) + "\n" + text.replace("<|image|>", "").strip()
+    return "\n".join(lines) + "\n" + text.replace(IMAGE_TOKEN, "").strip()
+
+
+def described_turns(texts: Sequence[str], scenes: Sequence[Scene]) -> list[str]:
+    """:func:`described` over a conversation's turns, each turn's images taking the next scenes."""
+    out, start = [], 0
+    for text in texts:
+        out.append(described(text, scenes, start))
+        start += text.count(IMAGE_TOKEN)
+    return out
 
 
 def _plural(shape: str) -> str:

@@ -23,21 +23,19 @@ def conversation(sample, described: bool = False) -> list[dict]:
     :func:`owlkit.data.synth.described`): the model's language side answers from a perfect
     description, which tells how much of the error is the seeing and how much the reasoning.
     """
-    from owlkit.data.synth import described as describe
+    from owlkit.data.synth import IMAGE_TOKEN, described_turns
 
+    turns = sample.conversations[:-1]
+    roles = ["user" if turn["from"] == "human" else "assistant" for turn in turns]
+    if described:
+        texts = described_turns([turn["value"] for turn in turns], sample.scenes)
+        return [{"role": role, "content": text} for role, text in zip(roles, texts)]
     images = list(sample.images)
     messages = []
-    shown = 0  # images of the earlier turns
-    for turn in sample.conversations[:-1]:
+    for role, turn in zip(roles, turns):
         text = turn["value"]
-        role = "user" if turn["from"] == "human" else "assistant"
-        n = text.count("<|image|>")
-        if described:
-            messages.append({"role": role, "content": describe(text, sample.scenes, shown)})
-            shown += n
-            continue
-        parts = [{"type": "image", "image": images.pop(0)} for _ in range(n)]
-        parts.append({"type": "text", "text": text.replace("<|image|>", "").strip()})
+        parts = [{"type": "image", "image": images.pop(0)} for _ in range(text.count(IMAGE_TOKEN))]
+        parts.append({"type": "text", "text": text.replace(IMAGE_TOKEN, "").strip()})
         messages.append({"role": role, "content": parts})
     return messages
 
