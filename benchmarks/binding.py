@@ -26,16 +26,17 @@ from pathlib import Path
 
 import torch
 
-TOKENIZER = Path(__file__).resolve().parents[1] / "owlkit" / "assets" / "owl-tiny" / "tokenizer.model"
+MODEL = Path(__file__).resolve().parents[1] / "owlkit" / "assets" / "owl-tiny"  # its tokenizer and template
 
 
 class QuestionStream:
-    """Tokenised described-scene questions in the owl2 template; each draws a new scene."""
+    """Described-scene questions, each about a new scene, as owl-tiny's processor tokenises them
+    for training (its chat template; labels on the assistant turns only)."""
 
     def __init__(self, tasks: list[str], max_objects: int | None, question_first: bool, seed: int):
-        import sentencepiece
+        from owlkit.processing.processor import OwlProcessor
 
-        self.sp = sentencepiece.SentencePieceProcessor(model_file=str(TOKENIZER))
+        self.processor = OwlProcessor.from_pretrained(MODEL)
         self.tasks, self.max_objects, self.question_first = tasks, max_objects, question_first
         self.rng = random.Random(seed)
 
@@ -50,37 +51,24 @@ class QuestionStream:
             if turns:
                 return scene, turns[0]
 
-    def sample(self, n_questions: int = 1) -> tuple[list[int], list[int], int]:
-        """(input ids, labels with -100 outside the answers, number of objects)."""
+    def sample(self, n_questions: int = 1) -> tuple[list[dict], int]:
+        """(messages, number of objects): ``n_questions`` question/answer turns about one scene."""
         from owlkit.data.synth import caption, generate
 
         scene, (question, answer) = self._scene_and_question()
         image = f"Image: {caption(scene)}"
-        prompt = f"USER: {question}\n{image} ASSISTANT:" if self.question_first else f"USER: {image}\n{question} ASSISTANT:"
-        ids, labels = [1], [-100]
-        for k in range(n_questions):
-            if k:
-                turns = generate(self.rng.choice(self.tasks), self.rng, [scene])
-                if not turns:
-                    continue
-                question, answer = turns[0]
-                prompt = f"USER: {question} ASSISTANT:"
-            p, a = self.sp.encode(prompt), self.sp.encode(answer) + [2]
-            ids += p + a
-            labels += [-100] * len(p) + a
-        return ids, labels, len(scene.objects)
+        first = f"{question}\n{image}" if self.question_first else f"{image}\n{question}"
+        messages = [{"role": "user", "content": first}, {"role": "assistant", "content": answer}]
+        for _ in range(n_questions - 1):
+            turns = generate(self.rng.choice(self.tasks), self.rng, [scene])
+            if turns:
+                messages += [{"role": "user", "content": turns[0][0]}, {"role": "assistant", "content": turns[0][1]}]
+        return messages, len(scene.objects)
 
     def batch(self, size: int, n_questions: int = 1):
         rows = [self.sample(n_questions) for _ in range(size)]
-        length = max(len(ids) for ids, _, _ in rows)
-        input_ids = torch.zeros(size, length, dtype=torch.long)
-        labels = torch.full((size, length), -100)
-        mask = torch.zeros(size, length, dtype=torch.long)
-        for i, (ids, lab, _) in enumerate(rows):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            labels[i, :len(lab)] = torch.tensor(lab)
-            mask[i, :len(ids)] = 1
-        return input_ids, mask, labels, [n for _, _, n in rows]
+        inputs = self.processor([messages for messages, _ in rows], return_labels=True)
+        return inputs["input_ids"], inputs["attention_mask"], inputs["labels"], [n for _, n in rows]
 
 
 def make_decoder(arch: str, seed: int) -> torch.nn.Module:

@@ -19,16 +19,19 @@ def probe():
 
 def test_stream_supervises_only_the_answers(probe):
     stream = probe.QuestionStream(["colour"], max_objects=2, question_first=False, seed=3)
-    ids, labels, n_objects = stream.sample(n_questions=3)
-    assert 1 <= n_objects <= 2 and len(ids) == len(labels)
-    answers = [tok for tok in labels if tok != -100]
-    assert answers.count(2) == 3  # three answers, each closed by </s>
-    text = stream.sp.decode(ids)
-    assert text.startswith("USER: Image: a ") and text.count("ASSISTANT:") == 3
-    colours = stream.sp.decode([tok for tok in answers if tok != 2]).split()
-    assert all(c in text.split("ASSISTANT:")[0] for c in colours[:1])  # the first answer is in the caption
+    messages, n_objects = stream.sample(n_questions=3)
+    assert 1 <= n_objects <= 2 and [m["role"] for m in messages] == ["user", "assistant"] * 3
+    assert messages[0]["content"].startswith("Image: a ") and "What colour is the " in messages[0]["content"]
+    assert messages[1]["content"] in messages[0]["content"]  # the answer is a colour of the caption
+    input_ids, mask, labels, counts = stream.batch(4, n_questions=3)
+    assert input_ids.shape == labels.shape == mask.shape and len(counts) == 4
+    tok = stream.processor.tokenizer
+    for row, lab in zip(input_ids.tolist(), labels.tolist()):
+        supervised = tok.decode([t for t, l in zip(row, lab) if l != -100])
+        assert supervised.count("</s>") == 3  # three answers, each closed by the turn separator
+        assert "USER" not in supervised and "Image" not in supervised and "?" not in supervised
     first = probe.QuestionStream(["shape"], max_objects=1, question_first=True, seed=3)
-    assert first.sp.decode(first.sample()[0]).startswith("USER: What shape is the ")
+    assert first.sample()[0][0]["content"].startswith("What shape is the ")
 
 
 def test_probe_trains_and_reports_json(probe, tmp_path):
