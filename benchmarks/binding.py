@@ -3,9 +3,9 @@
 owl-tiny answers "What colour is the square?" at guessing level as soon as a scene holds two
 objects, from the pictures and from perfect captions alike (``owl eval synth --described``).
 This probe isolates that skill: a freshly initialised decoder (owl-tiny's, or a plain
-``transformers`` LLaMA of the same size) trains on a stream of described-scene questions, every
-one about a new scene (nothing can be memorised), with the loss on the answer only, and is
-scored on held-out questions split by the number of objects. A decoder that binds scores ~100%
+``transformers`` LLaMA of the same size with its own initialisation) trains on a stream of
+described-scene questions, every one about a new scene (nothing can be memorised), with the loss
+on the answer only, and is scored on held-out questions split by the number of objects. A decoder that binds scores ~100%
 with two objects; one that only learned which colours a scene holds scores ~50-60% there.
 
     python benchmarks/binding.py [--steps 600] [--tasks colour] [--max-objects 2] [--lr 1e-3]
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -43,21 +42,25 @@ class QuestionStream:
     def _scene_and_question(self):
         from owlkit.data.synth import generate, random_scene
 
-        while True:
+        for _ in range(10_000):
             scene = random_scene(self.rng)
             if self.max_objects is not None and len(scene.objects) > self.max_objects:
                 continue
             turns = generate(self.rng.choice(self.tasks), self.rng, [scene])
             if turns:
                 return scene, turns[0]
+        raise ValueError(f"no scene with at most {self.max_objects} objects allows {', '.join(self.tasks)} "
+                         "questions; raise --max-objects")
 
     def sample(self, n_questions: int = 1) -> tuple[list[dict], int]:
         """(messages, number of objects): ``n_questions`` question/answer turns about one scene."""
-        from owlkit.data.synth import caption, generate
+        from owlkit.data.synth import IMAGE_TOKEN, described, generate
 
         scene, (question, answer) = self._scene_and_question()
-        image = f"Image: {caption(scene)}"
-        first = f"{question}\n{image}" if self.question_first else f"{image}\n{question}"
+        first = described(f"{IMAGE_TOKEN}\n{question}", [scene])  # "Image: <caption>\n<question>"
+        if self.question_first:
+            image, question = first.split("\n", 1)
+            first = f"{question}\n{image}"
         messages = [{"role": "user", "content": first}, {"role": "assistant", "content": answer}]
         for _ in range(n_questions - 1):
             turns = generate(self.rng.choice(self.tasks), self.rng, [scene])
@@ -73,15 +76,16 @@ class QuestionStream:
 
 def make_decoder(arch: str, seed: int) -> torch.nn.Module:
     from owlkit.config import OwlConfig
-    from owlkit.tiny import fan_in_init
 
     torch.manual_seed(seed)
-    config = OwlConfig.from_preset("owl-tiny")
+    config = OwlConfig.from_pretrained(MODEL)
     if arch == "owl":
         from owlkit.models.owl import OwlForCausalLM
+        from owlkit.tiny import fan_in_init
 
         model = OwlForCausalLM(config)
-    else:
+        fan_in_init(model)  # owl-tiny's initialisation (docs/owl-tiny.md)
+    else:  # transformers' own LLaMA and initialisation: rules owlkit's decoder code in or out
         from transformers import LlamaConfig, LlamaForCausalLM
 
         t = config.text_config
@@ -89,7 +93,6 @@ def make_decoder(arch: str, seed: int) -> torch.nn.Module:
             vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
             num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
             num_key_value_heads=t.num_key_value_heads, max_position_embeddings=t.max_position_embeddings))
-    fan_in_init(model)  # owl-tiny's initialisation (docs/owl-tiny.md)
     return model
 
 
@@ -126,26 +129,36 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    from owlkit.data.synth import TASKS, images_for
+    from owlkit.training.optim import build_optimizer, build_scheduler
 
     tasks = args.tasks.split(",")
+    bad = [t for t in tasks if t not in TASKS or images_for(t) != 1]
+    if bad:
+        one_image = [t for t in TASKS if images_for(t) == 1]
+        parser.error(f"--tasks {','.join(bad)}: not a one-image synth task; choose from {', '.join(one_image)}")
+    torch.set_num_threads(args.threads)
+
     train = QuestionStream(tasks, args.max_objects, args.question_first, seed=args.seed)
     held_out = QuestionStream(tasks, args.max_objects, args.question_first, seed=args.seed + 10_000)
-    eval_batches = [held_out.batch(min(100, args.eval_questions - k))
-                    for k in range(0, args.eval_questions, 100)]
+    try:
+        eval_batches = [held_out.batch(min(100, args.eval_questions - k))
+                        for k in range(0, args.eval_questions, 100)]
+    except ValueError as error:  # the held-out draw is the first: training would meet the same
+        parser.error(str(error))
     model = make_decoder(args.arch, args.seed)
-    optim = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
-    warmup = max(1, min(50, args.steps // 10))
+    settings = {"lr": args.lr, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01,
+                "warmup_steps": max(1, min(50, args.steps // 10)), "min_lr_ratio": 0.1}  # the owl-tiny recipes'
+    optim = build_optimizer([{"params": list(model.parameters())}], settings)
+    schedule = build_scheduler(optim, settings, args.steps)
     curve, running, start = [], None, time.perf_counter()
     for step in range(1, args.steps + 1):
-        scale = min(1.0, step / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / args.steps)))
-        for group in optim.param_groups:
-            group["lr"] = args.lr * scale
         input_ids, mask, labels, _ = train.batch(args.batch_size, args.questions_per_sample)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
+        schedule.step()
         optim.zero_grad()
         running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
         if step % args.eval_every == 0 or step == args.steps:

@@ -43,3 +43,23 @@ def test_probe_trains_and_reports_json(probe, tmp_path):
     held_out = saved["curve"][-1]["held_out"]
     assert 0.0 <= held_out["all"] <= 1.0 and set(held_out["by_objects"]) <= {"1", "2"}
     assert saved["settings"]["arch"] == "owl" and saved["curve"][0]["loss"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "colour,compare"], "--tasks compare: not a one-image synth task"),
+    (["--tasks", "hue"], "--tasks hue: not a one-image synth task"),
+    (["--max-objects", "0"], "no scene with at most 0 objects allows colour questions; raise --max-objects"),
+])
+def test_probe_refuses_bad_settings_in_one_line(probe, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(argv + ["--steps", "1", "--threads", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_probe_question_first_and_plain_llama(probe):
+    result = probe.main(["--arch", "llama", "--question-first", "--tasks", "shape,position", "--steps", "1",
+                         "--batch-size", "2", "--eval-questions", "4", "--threads", "1"])
+    assert result["settings"]["arch"] == "llama" and result["settings"]["question_first"]
+    assert type(probe.make_decoder("llama", 0)).__name__ == "LlamaForCausalLM"
