@@ -10,6 +10,13 @@ group of ``--batch-size`` questions (a slowdown of the machine falls on all thre
 are repeated (``--rounds``, default 3) and the median speed-up is reported with the extremes,
 each round with the machine's matmul rate measured just before it.
 
+Each round also reports a ``ceiling``: the speed-up batching could give at most on this machine,
+were a decoding step of ``--batch-size`` rows to cost no more than a step of one row (the
+weights streamed once for all rows; only the rows' own cache would add). It is measured, not
+assumed: the time of one-by-one ``chat`` over the batched prompts' prefill (``generate_batch``
+with one new token) plus the batch-1 engine's decoding time shared by the rows. Since a prompt's
+prefill is compute-bound, batching cannot shorten it, and the ratio stays under this ceiling.
+
     python benchmarks/generate.py [--threads 2] [--questions 16] [--max-new-tokens 32] [--rounds 3]
 """
 
@@ -95,7 +102,7 @@ def main() -> None:
         gflops = matmul_gflops()
         # The three ways take turns on each group of ``batch_size`` questions, so that a change in
         # the shared machine's speed during the round falls on all three alike.
-        t_single = t_batch = t_engine_single = 0.0
+        t_single = t_batch = t_engine_single = t_prefill_batch = t_prefill_single = 0.0
         singles, batched, engine_singles = [], [], []
         for start in range(0, len(convs), args.batch_size):
             group = convs[start:start + args.batch_size]
@@ -108,6 +115,11 @@ def main() -> None:
             t, out = timed(lambda: owl.generate_batch(group, batch_size=1, **gen))
             t_engine_single += t
             engine_singles += out
+            first = dict(gen, max_new_tokens=1)
+            t_prefill_batch += timed(lambda: owl.generate_batch(group, batch_size=args.batch_size, **first))[0]
+            t_prefill_single += timed(lambda: owl.generate_batch(group, batch_size=1, **first))[0]
+        # Batched prefill plus the batch-1 engine's decoding steps, each step shared by the rows.
+        ideal = t_prefill_batch + (t_engine_single - t_prefill_single) / args.batch_size
         rounds.append({
             "matmul_gflops": round(gflops, 1),
             "one_by_one_answers_per_s": round(args.questions / t_single, 3),
@@ -115,6 +127,9 @@ def main() -> None:
             "batch1_answers_per_s": round(args.questions / t_engine_single, 3),
             "speedup": round(t_single / t_batch, 3),
             "speedup_over_batch1": round(t_engine_single / t_batch, 3),
+            "ceiling": round(t_single / ideal, 3),
+            "prefill_ms_per_answer": {f"batch{args.batch_size}": round(1000 * t_prefill_batch / args.questions, 1),
+                                      "batch1": round(1000 * t_prefill_single / args.questions, 1)},
             "identical_answers": sum(a == b == c for a, b, c in zip(singles, batched, engine_singles)),
         })
     speedups = [r["speedup"] for r in rounds]
@@ -127,6 +142,7 @@ def main() -> None:
         "speedup_min": min(speedups),
         "speedup_max": max(speedups),
         "speedup_over_batch1": statistics.median(r["speedup_over_batch1"] for r in rounds),
+        "ceiling": statistics.median(r["ceiling"] for r in rounds),
         "target": 4.0,
         "identical_answers": min(r["identical_answers"] for r in rounds),
         "rounds": rounds,
