@@ -10,6 +10,7 @@ with two objects; one that only learned which colours a scene holds scores ~50-6
 
     python benchmarks/binding.py [--steps 600] [--tasks colour] [--max-objects 2] [--lr 1e-3]
         [--questions-per-sample 1] [--question-first] [--arch owl|llama] [--output binding.json]
+        [--layers N] [--heads N] [--kv-heads N] [--hidden N] [--intermediate N]   # other shapes
 
 Prints (and writes) JSON: the settings, the training time, and per evaluation the running loss
 and the held-out exact-match accuracy, overall and by object count.
@@ -74,11 +75,19 @@ class QuestionStream:
         return inputs["input_ids"], inputs["attention_mask"], inputs["labels"], [n for _, n in rows]
 
 
-def make_decoder(arch: str, seed: int) -> torch.nn.Module:
+def make_decoder(arch: str, seed: int, shape: dict | None = None) -> torch.nn.Module:
+    """owl-tiny's decoder, freshly initialised; ``shape`` overrides text-config sizes
+    (``num_hidden_layers``, ``num_attention_heads``, ``num_key_value_heads``, ``hidden_size``,
+    ``intermediate_size``) to probe other decoder shapes."""
     from owlkit.config import OwlConfig
 
     torch.manual_seed(seed)
     config = OwlConfig.from_pretrained(MODEL)
+    text = config.text_config
+    for key, value in (shape or {}).items():
+        setattr(text, key, value)
+    if shape and {"hidden_size", "num_attention_heads"} & set(shape):
+        text.head_dim = text.hidden_size // text.num_attention_heads
     if arch == "owl":
         from owlkit.models.owl import OwlForCausalLM
         from owlkit.tiny import fan_in_init
@@ -125,6 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--question-first", action="store_true", help="the question before the description")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--eval-questions", type=int, default=300)
+    parser.add_argument("--layers", type=int, help="decoder layers (default: owl-tiny's)")
+    parser.add_argument("--heads", type=int, help="attention heads (default: owl-tiny's)")
+    parser.add_argument("--kv-heads", type=int, help="key/value heads (default: owl-tiny's)")
+    parser.add_argument("--hidden", type=int, help="hidden size (default: owl-tiny's)")
+    parser.add_argument("--intermediate", type=int, help="MLP size (default: owl-tiny's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path)
@@ -146,7 +160,20 @@ def main(argv: list[str] | None = None) -> dict:
                         for k in range(0, args.eval_questions, 100)]
     except ValueError as error:  # the held-out draw is the first: training would meet the same
         parser.error(str(error))
-    model = make_decoder(args.arch, args.seed)
+    names = {"layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
+             "hidden": "hidden_size", "intermediate": "intermediate_size"}
+    shape = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag) is not None}
+    if any(v <= 0 for v in shape.values()):
+        parser.error("--layers, --heads, --kv-heads, --hidden and --intermediate must be positive")
+    from owlkit.config import OwlConfig
+
+    base = OwlConfig.from_pretrained(MODEL).text_config
+    hidden, heads, kv_heads = (shape.get(k, getattr(base, k)) for k in
+                               ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    if hidden % heads or heads % kv_heads:
+        parser.error(f"--hidden {hidden}, --heads {heads}, --kv-heads {kv_heads}: the heads must divide the "
+                     "hidden size and the key/value heads the heads")
+    model = make_decoder(args.arch, args.seed, shape)
     settings = {"lr": args.lr, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01,
                 "warmup_steps": max(1, min(50, args.steps // 10)), "min_lr_ratio": 0.1}  # the owl-tiny recipes'
     optim = build_optimizer([{"params": list(model.parameters())}], settings)

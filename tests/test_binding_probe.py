@@ -63,3 +63,21 @@ def test_probe_question_first_and_plain_llama(probe):
                          "--batch-size", "2", "--eval-questions", "4", "--threads", "1"])
     assert result["settings"]["arch"] == "llama" and result["settings"]["question_first"]
     assert type(probe.make_decoder("llama", 0)).__name__ == "LlamaForCausalLM"
+
+
+def test_probe_other_decoder_shapes(probe):
+    model = probe.make_decoder("owl", 0, {"num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 8})
+    text = model.config.text_config
+    assert len(model.language_model.layers) == 2 and text.head_dim == 32
+    attention = model.language_model.layers[0].self_attn
+    assert attention.q_proj.out_features == text.hidden_size and attention.num_kv_heads == 8
+    result = probe.main(["--layers", "1", "--heads", "2", "--kv-heads", "1", "--hidden", "64", "--intermediate", "96",
+                         "--steps", "1", "--batch-size", "2", "--eval-questions", "4", "--threads", "1"])
+    assert result["settings"]["hidden"] == 64 and result["curve"][0]["loss"] > 0
+
+
+@pytest.mark.parametrize("argv", [["--hidden", "250"], ["--heads", "3"], ["--layers", "0"]])
+def test_probe_refuses_impossible_shapes(probe, capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        probe.main(argv + ["--steps", "1", "--threads", "1"])
+    assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
