@@ -86,6 +86,10 @@ def make_decoder(arch: str, seed: int, shape: dict | None = None) -> torch.nn.Mo
     text = config.text_config
     for key, value in (shape or {}).items():
         setattr(text, key, value)
+    if text.hidden_size % text.num_attention_heads or text.num_attention_heads % text.num_key_value_heads:
+        raise ValueError(f"--hidden {text.hidden_size}, --heads {text.num_attention_heads}, --kv-heads "
+                         f"{text.num_key_value_heads}: the heads must divide the hidden size and the key/value "
+                         "heads the heads")
     if shape and {"hidden_size", "num_attention_heads"} & set(shape):
         text.head_dim = text.hidden_size // text.num_attention_heads
     if arch == "owl":
@@ -165,15 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
     shape = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag) is not None}
     if any(v <= 0 for v in shape.values()):
         parser.error("--layers, --heads, --kv-heads, --hidden and --intermediate must be positive")
-    from owlkit.config import OwlConfig
-
-    base = OwlConfig.from_pretrained(MODEL).text_config
-    hidden, heads, kv_heads = (shape.get(k, getattr(base, k)) for k in
-                               ("hidden_size", "num_attention_heads", "num_key_value_heads"))
-    if hidden % heads or heads % kv_heads:
-        parser.error(f"--hidden {hidden}, --heads {heads}, --kv-heads {kv_heads}: the heads must divide the "
-                     "hidden size and the key/value heads the heads")
-    model = make_decoder(args.arch, args.seed, shape)
+    try:
+        model = make_decoder(args.arch, args.seed, shape)
+    except ValueError as error:  # a shape the heads do not fit
+        parser.error(str(error))
     settings = {"lr": args.lr, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01,
                 "warmup_steps": max(1, min(50, args.steps // 10)), "min_lr_ratio": 0.1}  # the owl-tiny recipes'
     optim = build_optimizer([{"params": list(model.parameters())}], settings)
