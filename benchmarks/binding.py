@@ -84,14 +84,15 @@ def make_decoder(arch: str, seed: int, shape: dict | None = None) -> torch.nn.Mo
     torch.manual_seed(seed)
     config = OwlConfig.from_pretrained(MODEL)
     text = config.text_config
+    if any(value <= 0 for value in (shape or {}).values()):
+        raise ValueError("--layers, --heads, --kv-heads, --hidden and --intermediate must be positive")
     for key, value in (shape or {}).items():
         setattr(text, key, value)
     if text.hidden_size % text.num_attention_heads or text.num_attention_heads % text.num_key_value_heads:
         raise ValueError(f"--hidden {text.hidden_size}, --heads {text.num_attention_heads}, --kv-heads "
                          f"{text.num_key_value_heads}: the heads must divide the hidden size and the key/value "
                          "heads the heads")
-    if shape and {"hidden_size", "num_attention_heads"} & set(shape):
-        text.head_dim = text.hidden_size // text.num_attention_heads
+    text.head_dim = text.hidden_size // text.num_attention_heads  # stored in the config: follow the shape
     if arch == "owl":
         from owlkit.models.owl import OwlForCausalLM
         from owlkit.tiny import fan_in_init
@@ -101,11 +102,10 @@ def make_decoder(arch: str, seed: int, shape: dict | None = None) -> torch.nn.Mo
     else:  # transformers' own LLaMA and initialisation: rules owlkit's decoder code in or out
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        t = config.text_config
         model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
-            num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-            num_key_value_heads=t.num_key_value_heads, max_position_embeddings=t.max_position_embeddings))
+            vocab_size=text.vocab_size, hidden_size=text.hidden_size, intermediate_size=text.intermediate_size,
+            num_hidden_layers=text.num_hidden_layers, num_attention_heads=text.num_attention_heads,
+            num_key_value_heads=text.num_key_value_heads, max_position_embeddings=text.max_position_embeddings))
     return model
 
 
@@ -167,11 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     names = {"layers": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
              "hidden": "hidden_size", "intermediate": "intermediate_size"}
     shape = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag) is not None}
-    if any(v <= 0 for v in shape.values()):
-        parser.error("--layers, --heads, --kv-heads, --hidden and --intermediate must be positive")
     try:
         model = make_decoder(args.arch, args.seed, shape)
-    except ValueError as error:  # a shape the heads do not fit
+    except ValueError as error:  # a size that is not positive, or heads that do not fit the width
         parser.error(str(error))
     settings = {"lr": args.lr, "betas": (0.9, 0.98), "eps": 1e-6, "weight_decay": 0.01,
                 "warmup_steps": max(1, min(50, args.steps // 10)), "min_lr_ratio": 0.1}  # the owl-tiny recipes'

@@ -56,7 +56,7 @@ def matmul_gflops(n: int = 1024, repeat: int = 10) -> float:
     return repeat * 2 * n**3 / (time.perf_counter() - start) / 1e9
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--questions", type=int, default=16)
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--rounds", type=int, default=3, help="repeat the three timings; the median is reported")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -148,6 +148,7 @@ def main() -> None:
         "rounds": rounds,
     }
     print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -81,3 +81,4 @@ def test_probe_refuses_impossible_shapes(probe, capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         probe.main(argv + ["--steps", "1", "--threads", "1"])
     assert exit_info.value.code == 2 and "Traceback" not in capsys.readouterr().err
+
