@@ -14,12 +14,13 @@ real data, in the papers' order:
    and the reasoning of the world from text (recipe ``owl_tiny_text.yaml``);
 4. **vision pre-training** of the encoder on the world's images (no CLIP can be downloaded;
    :mod:`owlkit.tiny_vision`: every patch names its cell's object, the CLS token the count, the
-   text band spells the word), then the visual branches of the modality-adaptive module are
-   initialised from the text branches, as mPLUG-Owl2 does;
-5. **stage 1**: image-caption pre-training, decoder frozen except its visual branches
-   (``owl_tiny_stage1.yaml``, stage ``owl2_stage1``);
-6. **stage 2**: joint instruction tuning on multimodal and text-only instructions
-   (``owl_tiny_stage2.yaml``, stage ``owl2_stage2``), the vision encoder frozen as in the paper;
+   text band spells the word and names it), then the visual branches of the modality-adaptive
+   module are initialised from the text branches, as mPLUG-Owl2 does;
+5. **stage 1**: image-caption pre-training, decoder frozen except its visual branches, the
+   pre-trained encoder frozen too (``owl_tiny_stage1.yaml``, stage ``owl2_stage1``);
+6. **stage 2**: joint instruction tuning on multimodal and text-only instructions, the reading
+   questions at a larger share (``owl_tiny_stage2.yaml``, stage ``owl2_stage2``), the vision
+   encoder frozen as in the paper;
 7. **evaluation** on a held-out world (``owl eval synth``), then the model, a few example scenes
    and the training curves are installed in the package.
 
@@ -226,7 +227,8 @@ def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000
     stage1 = run_stage("owl_tiny_stage1.yaml", [f"model.init={seeing}", f"data.sources.0.path={world / 'captions.jsonl'}",
                                                 f"output_dir={out / 'stage1'}", steps("owl_tiny_stage1.yaml")])
     stage2 = run_stage("owl_tiny_stage2.yaml", [f"model.init={stage1}", f"data.sources.0.path={world / 'instruct.json'}",
-                                                f"data.sources.1.path={text}", f"output_dir={out / 'stage2'}", steps("owl_tiny_stage2.yaml")])
+                                                f"data.sources.1.path={text}", f"data.sources.2.path={world / 'instruct.json'}",
+                                                f"output_dir={out / 'stage2'}", steps("owl_tiny_stage2.yaml")])
     _log("evaluating on a held-out world")
     owl = Owl.load(stage2)
     result = evaluate_synth(owl, eval_seed, n_per_task, batch_size=32)

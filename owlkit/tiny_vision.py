@@ -16,7 +16,11 @@ description (no held-out scene is used):
   shape and place, while "red + circle + blue + square" would not;
 - the CLS token names the number of objects;
 - the patch rows of the text band, column by column, spell the written word (CTC over the
-  columns, so that letters are read without knowing where each one falls).
+  columns, so that letters are read without knowing where each one falls);
+- every patch of the text band also names the whole word (one of the world's words, or "none"),
+  as a cell's patches name its object. Spelled letters alone reach the decoder as letters at
+  places, which it did not learn to turn into the word's token (2% of held-out words read);
+  a word code in every band patch survives the abstractor's averaging as the word itself.
 
 The heads are linear and thrown away afterwards; only the encoder's weights change.
 :func:`pretrain_vision` logs the loss and, on held-out scenes, how well each head does
@@ -64,6 +68,7 @@ class PatchTargets:
     cells: np.ndarray  # [patches, 5] int64: colour, shape, size, object, object-and-cell (0 = none)
     count: int
     letters: list[int]
+    word: int = 0  # 1 + the word's index in synth.WORDS; 0 = no word (or one outside the list)
 
 
 def object_class(obj) -> int:
@@ -90,7 +95,7 @@ def band_rows(image_size: int, patch_size: int) -> list[int]:
 
 def patch_targets(scene, image_size: int, patch_size: int) -> PatchTargets:
     """The labels of ``scene`` for a ``patch_size`` grid over an ``image_size`` image."""
-    from owlkit.data.synth import GRID, layout
+    from owlkit.data.synth import GRID, WORDS, layout
 
     grid_h, cell_w, cell_h = layout(image_size)
     g = image_size // patch_size
@@ -109,14 +114,14 @@ def patch_targets(scene, image_size: int, patch_size: int) -> PatchTargets:
                 cells[i * g + j] = (1 + colour, 1 + shape, 1 + size, 1 + k, 1 + k * GRID * GRID + row * GRID + col)
     word = (scene.word or "").upper()
     letters = [1 + LETTERS.index(c) for c in word] if word and all(c in LETTERS for c in word) else []
-    return PatchTargets(cells, len(scene.objects), letters)
+    return PatchTargets(cells, len(scene.objects), letters, 1 + WORDS.index(word) if word in WORDS else 0)
 
 
 class PretrainHeads(nn.Module):
     """Linear read-outs of the encoder's tokens (discarded after pre-training)."""
 
     def __init__(self, hidden: int, band: int):
-        from owlkit.data.synth import COLOURS, GRID, OBJECT_COUNT_WEIGHTS, SHAPES, SIZES
+        from owlkit.data.synth import COLOURS, GRID, OBJECT_COUNT_WEIGHTS, SHAPES, SIZES, WORDS
 
         super().__init__()
         objects = len(COLOURS) * len(SHAPES) * len(SIZES)
@@ -124,22 +129,27 @@ class PretrainHeads(nn.Module):
         self.cell = nn.Linear(hidden, sum(self.splits))
         self.count = nn.Linear(hidden, len(OBJECT_COUNT_WEIGHTS))
         self.letters = nn.Linear(band * hidden, 1 + len(LETTERS))
+        self.word = nn.Linear(hidden, 1 + len(WORDS))
 
     def forward(self, tokens: torch.Tensor, grid: int, band: list[int]):
         """``tokens`` [B, 1 + grid*grid, D] -> (per-patch logits of colour, shape, size, object and
-        object-and-cell, count logits, letter log-probs [B, grid, C])."""
+        object-and-cell, count logits, letter log-probs [B, grid, C], word logits of each band
+        patch [B, band*grid, W])."""
         cls, patches = tokens[:, 0], tokens[:, 1:]
         cell = self.cell(patches).split(self.splits, dim=-1)
         rows = patches.reshape(patches.shape[0], grid, grid, -1)[:, band]  # [B, band, grid, D]
         columns = rows.permute(0, 2, 1, 3).reshape(patches.shape[0], grid, -1)
-        return cell, self.count(cls), self.letters(columns).log_softmax(-1)
+        words = self.word(rows.reshape(patches.shape[0], len(band) * grid, -1))
+        return cell, self.count(cls), self.letters(columns).log_softmax(-1), words
 
 
-def _loss(heads: PretrainHeads, tokens, grid, band, cells, counts, letters) -> torch.Tensor:
-    cell, count, letter_lp = heads(tokens, grid, band)
+def _loss(heads: PretrainHeads, tokens, grid, band, cells, counts, letters, words) -> torch.Tensor:
+    cell, count, letter_lp, word_logits = heads(tokens, grid, band)
     loss = sum(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), cells[..., k].reshape(-1))
                for k, logits in enumerate(cell))
     loss = loss + F.cross_entropy(count, counts)
+    every_patch = words[:, None].expand(-1, word_logits.shape[1])  # each band patch names the word
+    loss = loss + F.cross_entropy(word_logits.reshape(-1, word_logits.shape[-1]), every_patch.reshape(-1))
     written = [i for i, w in enumerate(letters) if w]
     if written:
         targets = torch.tensor([c for i in written for c in letters[i]], dtype=torch.long)
@@ -160,7 +170,8 @@ def ctc_greedy(letter_lp: torch.Tensor) -> list[list[int]]:
 def _batch(targets: list[PatchTargets], index: list[int]):
     cells = torch.from_numpy(np.stack([targets[i].cells for i in index]))
     counts = torch.tensor([targets[i].count for i in index], dtype=torch.long)
-    return cells, counts, [targets[i].letters for i in index]
+    words = torch.tensor([targets[i].word for i in index], dtype=torch.long)
+    return cells, counts, [targets[i].letters for i in index], words
 
 
 def _processed(processor, path: Path) -> torch.Tensor:
@@ -170,28 +181,31 @@ def _processed(processor, path: Path) -> torch.Tensor:
 
 def _check(vision, heads, pixels, targets, grid, band) -> dict:
     """Held-out accuracy of each head: colour/shape/size/object (all three)/place (object and
-    cell) over patches in occupied cells, count over images, the word (exact, CTC best path)
-    over images with one."""
+    cell) over patches in occupied cells, count over images, the word (exact, CTC best path) and
+    the band's word class (the band patches' summed log-probabilities) over images with one."""
     vision.eval()
     right = {"colour": 0, "shape": 0, "size": 0, "object": 0, "place": 0}
-    occupied = count_right = words = words_right = 0
+    occupied = count_right = words = words_right = named_right = 0
     with torch.no_grad():
         for start in range(0, len(targets), 100):
             index = list(range(start, min(start + 100, len(targets))))
-            cells, counts, letters = _batch(targets, index)
-            cell, count, letter_lp = heads(vision(pixels[index]), grid, band)
+            cells, counts, letters, word_ids = _batch(targets, index)
+            cell, count, letter_lp, word_logits = heads(vision(pixels[index]), grid, band)
+            named = word_logits.log_softmax(-1).sum(1).argmax(-1)
             mask = cells[..., 0] > 0
             occupied += int(mask.sum())
             for k, name in enumerate(right):
                 right[name] += int((cell[k].argmax(-1) == cells[..., k])[mask].sum())
             count_right += int((count.argmax(-1) == counts).sum())
-            for seq, want in zip(ctc_greedy(letter_lp), letters):
+            for seq, want, guess, word_id in zip(ctc_greedy(letter_lp), letters, named.tolist(), word_ids.tolist()):
                 if want:
                     words += 1
                     words_right += seq == want
+                    named_right += guess == word_id
     vision.train()
     out = {name: round(v / max(occupied, 1), 4) for name, v in right.items()}
-    out.update(count=round(count_right / len(targets), 4), word=round(words_right / max(words, 1), 4))
+    out.update(count=round(count_right / len(targets), 4), word=round(words_right / max(words, 1), 4),
+               word_class=round(named_right / max(words, 1), 4))
     return out
 
 
@@ -239,8 +253,8 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
     try:
         for step in range(s.steps):
             index = torch.randint(0, len(targets), (s.batch_size,), generator=order).tolist()
-            cells, counts, letters = _batch(targets, index)
-            loss = _loss(heads, vision(pixels[index]), grid, band, cells, counts, letters)
+            cells, counts, letters, words = _batch(targets, index)
+            loss = _loss(heads, vision(pixels[index]), grid, band, cells, counts, letters, words)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, s.grad_clip)

@@ -308,6 +308,28 @@ def test_mixture_weights_and_determinism(world):
     assert MixtureDataset([RecordDataset([None] * 5)], [1.3], 0).counts == [7]
 
 
+def test_a_source_can_keep_some_tasks_only(world):
+    """``tasks``: the same mixed file twice, once whole and once with one task at a weight of
+    its own, raises that task's share; a list matching nothing, a bad value and shards are
+    one-line errors."""
+    path = str(world / "instruct.json")
+    rows = json.loads((world / "instruct.json").read_text())
+    wanted = rows[0]["task"]
+    n_wanted = sum(r["task"] == wanted for r in rows)
+    ds = build_dataset([{"type": "llava", "path": path},
+                        {"type": "llava", "path": path, "tasks": [wanted], "weight": 2, "name": "boost"}], seed=0)
+    assert ds.counts == [len(rows), 2 * n_wanted]
+    boosted = [ds[i] for i in range(len(ds)) if ds.source_of(i)[0] == 1]
+    assert boosted and all(r.task == wanted for r in boosted)
+    assert len(build_dataset([{"type": "llava", "path": path, "tasks": wanted}], seed=0)) == n_wanted
+    with pytest.raises(ConfigError, match=r"no row has a task in spelling; its tasks are: .*" + wanted):
+        build_dataset([{"type": "llava", "path": path, "tasks": ["spelling"]}], seed=0)
+    with pytest.raises(ConfigError, match="'tasks' must be a list of task names"):
+        build_dataset([{"type": "llava", "path": path, "tasks": [3]}], seed=0)
+    with pytest.raises(ConfigError, match="webdataset shards do not have"):
+        build_dataset([{"type": "wds", "path": str(world / "shards"), "tasks": ["caption"]}], seed=0)
+
+
 def test_build_dataset_errors(tmp_path, world, caplog):
     rows = [
         {"image": "images/a.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},

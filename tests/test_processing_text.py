@@ -85,6 +85,16 @@ def _text(t):
     return {"type": "text", "text": t}
 
 
+
+def test_a_trained_tokenizer_does_not_depend_on_its_folder(tmp_path):
+    """The same text gives the same tokenizer.model bytes in any folder, and the file names none
+    (SentencePiece would store its model_prefix path; a rebuilt bundled model must be bit-identical)."""
+    a = _train(tmp_path / "a")
+    b = _train(tmp_path / "deeper" / "b")
+    assert a.read_bytes() == b.read_bytes()
+    assert b"deeper" not in b.read_bytes() and str(tmp_path).encode() not in a.read_bytes()
+    assert sorted(p.name for p in a.parent.iterdir()) == ["tokenizer.model"]
+
 def test_v1_template_exact():
     messages = [
         _user({"type": "image", "image": "a.jpg"}, _text("What is this?")),

@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from owlkit.data.synth import COLOURS, SHAPES, SIZES, Obj, Scene
+from owlkit.data.synth import COLOURS, SHAPES, SIZES, WORDS, Obj, Scene
 
 
 def test_patch_targets_label_every_patch_of_a_cell_and_spell_the_word():
@@ -34,7 +34,26 @@ def test_patch_targets_label_every_patch_of_a_cell_and_spell_the_word():
     assert band_rows(112, 14) == [6, 7]
     assert t.count == 2
     assert t.letters == [1 + LETTERS.index(c) for c in "OWL"]
-    assert patch_targets(Scene(objects=[], word=None, noise=0.0, noise_seed=0), 112, 14).letters == []
+    assert t.word == 1 + WORDS.index("OWL")  # every band patch is taught to name the whole word
+    blank = patch_targets(Scene(objects=[], word=None, noise=0.0, noise_seed=0), 112, 14)
+    assert blank.letters == [] and blank.word == 0
+    assert patch_targets(Scene(objects=[], word="ZZZ", noise=0.0, noise_seed=0), 112, 14).word == 0  # not a world word
+
+
+def test_word_head_names_the_word_from_every_band_patch():
+    from owlkit.tiny_vision import PretrainHeads, _loss
+
+    torch.manual_seed(0)
+    heads = PretrainHeads(16, band=2)
+    tokens = torch.randn(3, 1 + 64, 16)
+    cell, count, letters, words = heads(tokens, 8, [6, 7])
+    assert words.shape == (3, 16, 1 + len(WORDS)) and letters.shape == (3, 8, 27)
+    cells = torch.zeros(3, 64, 5, dtype=torch.long)
+    counts = torch.zeros(3, dtype=torch.long)
+    ids = torch.tensor([0, 1 + WORDS.index("OWL"), 1 + WORDS.index("TREE")])
+    base = _loss(heads, tokens, 8, [6, 7], cells, counts, [[], [], []], torch.zeros(3, dtype=torch.long))
+    with_words = _loss(heads, tokens, 8, [6, 7], cells, counts, [[], [], []], ids)
+    assert not torch.isclose(base, with_words)  # the word labels enter the loss
 
 
 def test_ctc_best_path_merges_repeats_and_drops_blanks():
@@ -67,7 +86,8 @@ def test_pretrain_vision_trains_only_the_encoder_and_logs(tmp_path):
     first, last = sum(r["loss"] for r in rows[:5]) / 5, sum(r["loss"] for r in rows[-5:]) / 5
     assert last < 0.8 * first
     checks = [r["eval"] for r in rows if "eval" in r]
-    assert len(checks) == 2 and set(checks[0]) == {"colour", "shape", "size", "object", "place", "count", "word"}
+    assert len(checks) == 2 and set(checks[0]) == {"colour", "shape", "size", "object", "place", "count", "word",
+                                                      "word_class"}
     side_files = {f.name for f in (tmp_path / "init").iterdir() if f.suffix != ".safetensors"}
     assert {"preprocessor_config.json", "generation_config.json"} <= side_files
     assert side_files <= {f.name for f in out.iterdir()}  # the output is a model folder like its input

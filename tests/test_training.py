@@ -189,6 +189,35 @@ def test_also_train_adds_whole_modules_to_a_stage(tmp_path):
         load_recipe({**base, "also_train": ["vision"], "lora": {"r": 4}})
 
 
+def test_freeze_takes_whole_modules_out_of_a_stage(tmp_path):
+    """``freeze: [vision]`` (a stage 1 that keeps a pre-trained encoder): the stage's policy without
+    the vision encoder, whose parameters get no optimiser group; bad lists are one-line errors."""
+    from owlkit.errors import ConfigError
+    from owlkit.training.params import apply_stage, param_groups
+    from owlkit.training.recipe import load_recipe
+
+    model = _model("test-owl2")
+    apply_stage(model, "owl2_stage1", freeze=["vision"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and not any(n.startswith("vision.") for n in trainable)
+    assert any(n.startswith("abstractor.") for n in trainable)
+    assert all(n.startswith("abstractor.") or ".visual." in n for n in trainable)
+    groups = param_groups(model.named_parameters(), lr=1.0, weight_decay=0.0, layer_decay=0.5, num_vision_layers=2)
+    assert not any(n.startswith("vision.") for g in groups for n in g["param_names"])
+    apply_stage(model, "owl2_stage1")
+    assert all(p.requires_grad for p in model.vision.parameters())
+    base = {"stage": "owl2_stage1", "model": {"preset": "test-owl2"}, "data": {"sources": [{"type": "random"}]},
+            "train": {"steps": 1}, "output_dir": str(tmp_path)}
+    assert load_recipe({**base, "freeze": "vision"})["freeze"] == ["vision"]
+    assert load_recipe(base)["freeze"] == []
+    with pytest.raises(ConfigError, match="freeze must be a list of vision"):
+        load_recipe({**base, "freeze": ["visoin"]})
+    with pytest.raises(ConfigError, match="both in also_train and in freeze"):
+        load_recipe({**base, "freeze": ["vision"], "also_train": ["vision"]})
+    with pytest.raises(ConfigError, match="freeze cannot be combined with lora"):
+        load_recipe({**base, "stage": "owl2_stage2", "freeze": ["vision"], "lora": {"r": 4}})
+
+
 def test_lr_scales_multiply_the_rate_under_a_name_prefix(tmp_path):
     """``optim.lr_scales``: a multiplier per parameter-name prefix (the longest wins), on top of
     the layer-wise decay, in a group of its own; bad prefixes and values are one-line errors;
@@ -354,6 +383,24 @@ def test_run_outputs_metrics_table_and_a_loadable_model(tmp_path, capsys):
     # plot
     assert owl(["plot", str(out)]) == 0
     assert (out / "loss.png").stat().st_size > 1000 and (out / "lr.png").exists()
+
+
+def test_a_frozen_module_leaves_a_run_unchanged(tmp_path):
+    """``freeze: [vision]`` in a stage 1 run: the encoder comes out bit-identical to the one the
+    run started from (a model saved first), the abstractor moved, the optimiser holds no state
+    for the encoder."""
+    from owlkit import load_model
+    from owlkit.training import train
+
+    start = train(tiny(tmp_path / "start", train__steps=1)).final_dir
+    result = train(tiny(tmp_path / "run", stage="owl2_stage1", freeze=["vision"], train__steps=2,
+                        model={"init": str(start)}))
+    before, after = load_model(start), load_model(result.final_dir)
+    assert all(torch.equal(a, b) for a, b in zip(before.vision.state_dict().values(), after.vision.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(before.abstractor.state_dict().values(),
+                                                      after.abstractor.state_dict().values()))
+    optimizer = torch.load(tmp_path / "run" / "checkpoints" / "step-00000002" / "optimizer.pt", weights_only=True)
+    assert optimizer["state"] and not any("vision." in k for k in optimizer["state"])
 
 
 def test_grad_accumulation_and_checkpointing_give_the_global_batch_loss(tmp_path):

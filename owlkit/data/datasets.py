@@ -14,7 +14,9 @@ Source keys: ``path`` (a file, a list of files; for ``wds`` also a folder, glob 
 when absent), ``image_root`` (default: each data file's folder), ``weight`` (default 1),
 ``prompt`` (caption prompt for ``captions``/``wds``), ``on_error`` (``"raise"``, the default,
 stops at the first malformed row with its ``file:line``; ``"skip"`` drops malformed rows with a
-warning), ``name`` (a label for :meth:`MixtureDataset.summary`).
+warning), ``name`` (a label for :meth:`MixtureDataset.summary`), ``tasks`` (keep only the rows
+whose ``task`` field is one of these, e.g. to give one task of a mixed file a weight of its own:
+the same file once whole and once with ``tasks: [read]`` and another weight).
 
 Weights are sampling proportions of an epoch: a source of ``N`` records contributes
 ``round(weight * N)`` samples per epoch: every record ``floor(weight)`` times, plus a random
@@ -58,7 +60,7 @@ logger = logging.getLogger("owlkit.data")
 #: ``data.group_by_length``.
 CHARS_PER_TOKEN = 4
 
-SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name")
+SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name", "tasks")
 ON_ERROR = ("raise", "skip")
 
 
@@ -150,6 +152,14 @@ def load_source(source: dict) -> Dataset:
     prompt = source.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise ConfigError(f"data source {name}: 'prompt' must be a string")
+    tasks = source.get("tasks")
+    if tasks is not None:
+        tasks = [tasks] if isinstance(tasks, str) else tasks
+        if not isinstance(tasks, (list, tuple)) or not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ConfigError(f"data source {name}: 'tasks' must be a list of task names, got {source['tasks']!r}")
+        if kind == "wds":
+            raise ConfigError(f"data source {name}: 'tasks' selects rows by their 'task' field, which webdataset "
+                              "shards do not have; drop 'tasks' or use a JSON source")
     problems: list[Problem] = []
     if kind == "wds":
         samples: list[ShardSample] = []
@@ -183,6 +193,12 @@ def load_source(source: dict) -> Dataset:
             else:
                 records.append(entry)
     _report_skipped(name, problems)
+    if tasks is not None:
+        present = sorted({r.task for r in records if r.task})
+        records = [r for r in records if r.task in tasks]
+        if not records:
+            raise ConfigError(f"data source {name}: no row has a task in {', '.join(tasks)}; "
+                              f"its tasks are: {', '.join(present) or 'none (no row has a task field)'}")
     return RecordDataset(records, name)
 
 

@@ -296,7 +296,7 @@ class _Run:
         seed = int(t["seed"])
         model = build_model(r, seed)
         self.config = model.config
-        apply_stage(model, r["stage"], r.get("also_train") or ())
+        apply_stage(model, r["stage"], r.get("also_train") or (), r.get("freeze") or ())
         if t["gradient_checkpointing"]:
             model.gradient_checkpointing_enable()
             for part in (model.vision, model.abstractor):

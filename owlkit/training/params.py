@@ -13,7 +13,8 @@ owl1_stage2    LoRA adapters on the language model + ``lora.modules_to_save`` (a
 =============  =========================================================================
 
 The recipe's ``also_train`` adds whole top-level modules to a stage's policy (e.g. a stage 2 that
-keeps tuning a vision encoder: ``also_train: [vision]``).
+keeps tuning a vision encoder: ``also_train: [vision]``); its ``freeze`` takes them out (e.g. a
+stage 1 that keeps a pre-trained vision encoder as it is: ``freeze: [vision]``).
 
 With ``lora`` set (instruction stages only) every base parameter is frozen and peft trains the
 adapters plus the modules named in ``lora.modules_to_save``.
@@ -79,13 +80,15 @@ def stage_trainable(stage: str, name: str) -> bool:
     raise ConfigError(f"unknown stage {stage!r}")
 
 
-def apply_stage(model: torch.nn.Module, stage: str, also_train: Iterable[str] = ()) -> None:
+def apply_stage(model: torch.nn.Module, stage: str, also_train: Iterable[str] = (), freeze: Iterable[str] = ()) -> None:
     """Set ``requires_grad`` of every parameter of an (unwrapped) OwlForCausalLM for ``stage``;
-    the top-level modules in ``also_train`` (recipe key ``also_train``) train as well."""
-    also = set(also_train)
+    the top-level modules in ``also_train`` (recipe key ``also_train``) train as well, those in
+    ``freeze`` (recipe key ``freeze``) do not train whatever the stage says."""
+    also, frozen = set(also_train), set(freeze)
     for name, p in model.named_parameters():
         canonical = canonical_name(name)
-        p.requires_grad_(stage_trainable(stage, canonical) or canonical.split(".", 1)[0] in also)
+        top = canonical.split(".", 1)[0]
+        p.requires_grad_(top not in frozen and (stage_trainable(stage, canonical) or top in also))
 
 
 # ---------------------------------------------------------------------------------------------

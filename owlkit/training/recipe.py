@@ -35,9 +35,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "stage": "owl2_stage2",
     "also_train": [],  # top-level modules trained on top of the stage's policy, e.g. [vision]
+    "freeze": [],  # top-level modules held frozen whatever the stage's policy, e.g. [vision]
     "lora": None,  # {r, alpha, dropout, target_modules, modules_to_save}; see LORA_DEFAULTS
     "data": {
-        "sources": [],  # [{type: llava|owl_jsonl|captions|wds|text|random, path, image_root, weight}]
+        "sources": [],  # [{type: llava|owl_jsonl|captions|wds|text|random, path, image_root, weight, tasks}]
         "tokenizer": None,  # folder with tokenizer/preprocessor files (default: the model folder)
         "max_length": 2048,
         "augment": False,
@@ -94,7 +95,7 @@ LORA_DEFAULTS: dict[str, Any] = {
 }
 
 #: Keys whose value is a free-form mapping or list (no key checking below them here).
-_FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train", "optim.lr_scales"}
+_FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train", "freeze", "optim.lr_scales"}
 
 _CHOICES = {
     "stage": STAGES,
@@ -382,18 +383,30 @@ def validate(recipe: Recipe) -> Recipe:
             raise ConfigError("lora.target_modules is empty; name the decoder projections to adapt (e.g. [q_proj, v_proj])")
         if recipe["stage"] not in ("owl1_stage2", "owl2_stage2"):
             raise ConfigError(f"LoRA is for instruction tuning (stage owl1_stage2 or owl2_stage2), not {recipe['stage']}")
-    also = recipe.get("also_train") or []
-    if isinstance(also, str):
-        also = [also]
-    if not isinstance(also, list) or any(m not in TOP_MODULES for m in also):
-        raise ConfigError(f"also_train must be a list of {', '.join(TOP_MODULES)}, got {recipe.get('also_train')!r}")
+    also, freeze = _module_list(recipe, "also_train"), _module_list(recipe, "freeze")
     if also and lora is not None:
         raise ConfigError("also_train cannot be combined with lora (peft decides what trains); use lora.modules_to_save")
-    recipe["also_train"] = also
+    if freeze and lora is not None:
+        raise ConfigError("freeze cannot be combined with lora (peft already freezes the base weights); "
+                          "leave the module out of lora.modules_to_save instead")
+    both = sorted(set(freeze) & set(also))
+    if both:
+        raise ConfigError(f"{', '.join(both)} is both in also_train and in freeze; keep it in one of them")
+    recipe["also_train"], recipe["freeze"] = also, freeze
     if lora is None and recipe["stage"] == "owl1_stage2":
         raise ConfigError("stage owl1_stage2 tunes the language model through LoRA; set lora (e.g. lora.r=8) "
                           "or use stage owl2_stage2 for full tuning")
     return recipe
+
+
+def _module_list(recipe: dict, key: str) -> list[str]:
+    """``recipe[key]`` (``also_train`` / ``freeze``) as a list of top-level module names."""
+    value = recipe.get(key) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or any(m not in TOP_MODULES for m in value):
+        raise ConfigError(f"{key} must be a list of {', '.join(TOP_MODULES)}, got {recipe.get(key)!r}")
+    return value
 
 
 def dump_recipe(recipe: dict) -> str:
