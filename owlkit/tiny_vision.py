@@ -20,7 +20,9 @@ description (no held-out scene is used):
 - every patch of the text band also names the whole word (one of the world's words, or "none"),
   as a cell's patches name its object. Spelled letters alone reach the decoder as letters at
   places, which it did not learn to turn into the word's token (2% of held-out words read);
-  a word code in every band patch survives the abstractor's averaging as the word itself.
+  a word code in every band patch survives the abstractor's averaging as the word itself
+  (with the encoder frozen in stage 1 and more reading questions in stage 2 the model reads
+  100%; docs/owl-tiny.md, "Reading").
 
 The heads are linear and thrown away afterwards; only the encoder's weights change.
 :func:`pretrain_vision` logs the loss and, on held-out scenes, how well each head does
