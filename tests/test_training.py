@@ -127,6 +127,11 @@ def test_cli_reports_recipe_errors_in_one_line_with_exit_code_2(capsys, tmp_path
     assert owl(["train", "smoke", "optim.lr_scales.visoin=0.5", f"output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("owl train: error: optim.lr_scales: no parameter is named 'visoin'") and "vision" in err
+    assert owl(["train", "smoke", "freeze=[visoin]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "owl train: error: freeze must be a list of vision, abstractor, language_model, lm_head, got ['visoin']"
+    assert owl(["train", "smoke", "freeze=[vision]", "also_train=[vision]"]) == 2
+    assert capsys.readouterr().err.strip().endswith("vision is both in also_train and in freeze; keep it in one of them")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -194,11 +194,12 @@ def load_source(source: dict) -> Dataset:
                 records.append(entry)
     _report_skipped(name, problems)
     if tasks is not None:
-        present = sorted({r.task for r in records if r.task})
-        records = [r for r in records if r.task in tasks]
-        if not records:
+        kept = [r for r in records if r.task in tasks]
+        if not kept:
+            present = sorted({r.task for r in records if r.task})
             raise ConfigError(f"data source {name}: no row has a task in {', '.join(tasks)}; "
                               f"its tasks are: {', '.join(present) or 'none (no row has a task field)'}")
+        records = kept
     return RecordDataset(records, name)
 
 
