@@ -14,9 +14,10 @@ left at random initialisation.
 
 The official key names are spelled out in one explicit table per generation
 (:func:`official_names`), from which both directions of ``owl convert`` are derived.
-Deterministic buffers of the official checkpoints (LLaMA ``rotary_emb.inv_freq``, the
-abstractor's sin-cos tables) are recomputed; when a checkpoint carries them they are checked
-against ours, and an export writes them bit-identically.
+Deterministic buffers of the official checkpoints: LLaMA ``rotary_emb.inv_freq`` is
+recomputed (and checked when present); the abstractor's sin-cos tables, when a checkpoint
+carries them, are checked against the computed ones and then kept as they are (buffers of the
+model, saved with it), so ``owl convert`` round trips are bit-identical whatever numpy computes.
 """
 
 from __future__ import annotations
@@ -351,16 +352,44 @@ def _summarise(names: Iterable[str], limit: int = 6) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _check_buffers(state: dict[str, torch.Tensor], config: OwlConfig, folder: Path) -> None:
+def carried_names(config: OwlConfig) -> dict[str, str]:
+    """owlkit name -> official name of the sin-cos tables a checkpoint may carry (v2)."""
+    from owlkit.models.abstractor import CARRIED_TABLES
+
+    if config.owl_version != 2 or config.abstractor_config.pos_embed != "sincos":
+        return {}
+    return {
+        f"abstractor.layers.{i}.attention.{t}": f"model.visual_abstractor.encoder.layers.{i}.crossattention.attention.{t}"
+        for i in range(config.abstractor_config.num_hidden_layers) for t in CARRIED_TABLES
+    }
+
+
+def _check_buffers(state: dict[str, torch.Tensor], config: OwlConfig, folder: Path) -> dict[str, torch.Tensor]:
+    """Pop the official buffers from ``state`` after checking them; the carried tables, renamed."""
+    official_to_ours = {theirs: ours for ours, theirs in carried_names(config).items()}
+    carried = {}
     for name, expected in official_buffers(config).items():
         got = state.pop(name, None)
         if got is None:
-            continue  # third-party conversions may lack them; they are recomputed anyway
+            continue  # third-party conversions may lack them; they are recomputed then
         if got.shape != expected.shape or not torch.allclose(got.float(), expected, atol=1e-3, rtol=1e-3):
             raise CheckpointError(
                 f"{name} in {folder} differs from the deterministic table this config implies; "
                 "the config does not match the weights"
             )
+        if name in official_to_ours:
+            carried[official_to_ours[name]] = got
+    return carried
+
+
+def _pop_carried(state: dict[str, torch.Tensor], config: OwlConfig) -> dict[str, torch.Tensor]:
+    return {name: state.pop(name) for name in carried_names(config) if name in state}
+
+
+def _attach_carried(model, carried: dict[str, torch.Tensor]) -> None:
+    for name, tensor in carried.items():
+        module_name, _, buffer = name.rpartition(".")
+        setattr(model.get_submodule(module_name), buffer, tensor)
 
 
 def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
@@ -395,7 +424,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
 
 
 def _from_official(state: dict[str, torch.Tensor], config: OwlConfig, folder: Path) -> dict[str, torch.Tensor]:
-    _check_buffers(state, config, folder)
+    carried = _check_buffers(state, config, folder)
     table = official_names(config)
     inverse = {official: ours for ours, official in table.items()}
     missing = [official for official in inverse if official not in state]
@@ -407,10 +436,11 @@ def _from_official(state: dict[str, torch.Tensor], config: OwlConfig, folder: Pa
         if unexpected:
             parts.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
         raise CheckpointError(f"weights in {folder} do not match config.json: " + "; ".join(parts))
-    return {inverse[k]: v for k, v in state.items()}
+    return {inverse[k]: v for k, v in state.items()} | carried
 
 
 def _instantiate(cls, config: OwlConfig, state: dict[str, torch.Tensor], folder: Path):
+    carried = _pop_carried(state, config)
     with torch.device("meta"):
         model = cls(config)
     expected = model.state_dict()
@@ -431,6 +461,7 @@ def _instantiate(cls, config: OwlConfig, state: dict[str, torch.Tensor], folder:
             parts.append(f"{len(wrong)} tensor(s) of the wrong shape (file vs config): {_summarise(wrong, 3)}")
         raise CheckpointError(f"weights in {folder} do not match its config: " + "; ".join(parts))
     model.load_state_dict(state, strict=True, assign=True)
+    _attach_carried(model, carried)
     # Non-persistent buffers were created on the meta device: rebuild them for real.
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
@@ -469,9 +500,10 @@ def save_model(model, path: str | Path, format: str = "owlkit", max_shard_size: 
     if format != "official":
         raise CheckpointError(f"unknown format {format!r}; use 'owlkit' or 'official'")
     config = model.config
-    table = official_names(config)
+    table = official_names(config) | carried_names(config)
     state = {table[k]: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    state.update(official_buffers(config))
+    for name, tensor in official_buffers(config).items():
+        state.setdefault(name, tensor)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config_to_official(config), indent=2) + "\n")
     gen = {"bos_token_id": config.text_config.bos_token_id, "eos_token_id": config.text_config.eos_token_id,

@@ -53,7 +53,57 @@ def test_official_export_and_back_is_bit_identical(tmp_path, preset):
     cfg = json.loads((tmp_path / "official" / "config.json").read_text())
     assert cfg["model_type"] == ("mplug_owl2" if preset == "test-owl2" else "mplug-owl")
     back = load_model(tmp_path / "official")
+    carried = {k: v for k, v in back.state_dict().items() if k.endswith("_pos_embed")}
+    assert bool(carried) == (preset == "test-owl2")  # the exported tables come back as carried buffers
+    for name in carried:
+        assert name not in model.state_dict()
+        setattr(back.get_submodule(name.rpartition(".")[0]), name.rpartition(".")[2], None)
     _same_params(model, back)
+
+
+def test_carried_tables_are_kept_and_used(tmp_path):
+    """A checkpoint's own sin-cos tables (last bit as its numpy computed them) are used and saved."""
+    from owlkit.checkpoints import carried_names
+
+    model = _random_model("test-owl2", seed=3)
+    save_model(model, tmp_path / "official", format="official")
+    state = load_file(str(tmp_path / "official" / "model.safetensors"))
+    names = carried_names(model.config)
+    for official in names.values():  # change the last bit of every entry, as another numpy would
+        t = state[official]
+        state[official] = (t.view(torch.int32) ^ 1).view(torch.float32)
+    save_file(state, str(tmp_path / "official" / "model.safetensors"))
+    back = load_model(tmp_path / "official")
+    for ours, official in names.items():
+        assert torch.equal(back.state_dict()[ours], state[official])
+    ids = torch.tensor([[1, 5, -200, 6]])
+    pixels = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        a = back(input_ids=ids, pixel_values=pixels).logits
+        for ours in names:  # without the carried tables: the computed ones, slightly different
+            setattr(back.get_submodule(ours.rpartition(".")[0]), ours.rpartition(".")[2], None)
+        b = back(input_ids=ids, pixel_values=pixels).logits
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=1e-4)
+    save_model(load_model(tmp_path / "official"), tmp_path / "ours")
+    save_model(load_model(tmp_path / "ours"), tmp_path / "back", format="official")
+    again = load_file(str(tmp_path / "back" / "model.safetensors"))
+    for official in names.values():
+        assert torch.equal(again[official], state[official])
+
+
+def test_computed_tables_do_not_depend_on_float32_numpy():
+    """float64 then one rounding: the correctly rounded table (sin 1 = 0.84147096 in float32)."""
+    import math
+
+    import numpy as np
+
+    from owlkit.models.abstractor import sincos_1d
+
+    table = sincos_1d(8, np.arange(3, dtype=np.float64)).astype(np.float32)
+    assert table[1, 0] == np.float32(math.sin(1.0)) == np.float32(0.84147096)
+    omega = [10000.0 ** (-k / 4) for k in range(4)]
+    expected = [[np.float32(f(p * w)) for f in (math.sin, math.cos) for w in omega] for p in range(3)]
+    assert (table == np.array(expected, dtype=np.float32)).all()
 
 
 @pytest.mark.skipif(not FOLDERS, reason="conformance fixtures not found (a 'shared' folder beside the clone)")

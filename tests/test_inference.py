@@ -183,6 +183,16 @@ def test_cli_generate_batched_resumable_and_bad_rows(folder, images, tmp_path, c
     owl(["generate", "--model", str(folder), "--input", str(src), "--output", str(out), "--max-new-tokens", "5"])
     assert out.read_text() == before
     assert "0 answered, 4 already done" in capsys.readouterr().err
+    # a run killed in the middle of writing row c: the half row is dropped, c is asked again
+    lines = before.splitlines(keepends=True)
+    cut = next(i for i, line in enumerate(lines) if json.loads(line)["id"] == "c")
+    out.write_text("".join(lines[:cut]) + "".join(lines[cut + 1:]) + lines[cut][: len(lines[cut]) // 2])
+    owl(["generate", "--model", str(folder), "--input", str(src), "--output", str(out), "--max-new-tokens", "5"])
+    err = capsys.readouterr().err
+    assert "dropped an unfinished last line" in err and "1 answered, 3 already done" in err
+    again = [json.loads(line) for line in out.read_text().splitlines()]  # every line is a whole row
+    assert sorted(r["id"] for r in again) == ["a", "b", "c", "e"]
+    assert {r["id"]: r["answer"] for r in again} == answers
 
 
 def test_repetition_penalty_counts_the_prompt(owl_api, images):

@@ -513,8 +513,12 @@ def test_bad_images_are_counted_or_stop_the_run(tmp_path):
         batch["num_skipped"] = 1
         return batch
 
-    result = train(tiny(tmp_path / "skip"), source=_source(collate=skipping))
+    # one sample of two dropped: over the default share (data.max_dropped 0.1), the run stops
+    with pytest.raises(TrainingError, match=r"8 of the 16 sample\(s\) read so far were dropped \(50%.*missing or unreadable image.*data\.max_dropped"):
+        train(tiny(tmp_path / "skip0"), source=_source(collate=skipping))
+    result = train(tiny(tmp_path / "skip", data__max_dropped=0.5), source=_source(collate=skipping))
     assert result.skipped_samples == 8 and result.history[-1]["skipped_samples"] == 8  # one per micro-batch
+    assert result.dropped == {"bad_image": 8, "no_reply": 0} and result.history[-1]["dropped_bad_image"] == 8
     assert all(row["samples"] == 2 for row in result.history)
 
     def stopping(records):  # on_bad_image="stop"
@@ -522,6 +526,35 @@ def test_bad_images_are_counted_or_stop_the_run(tmp_path):
 
     with pytest.raises(TrainingError, match=r"7\.jpg: no such file"):
         train(tiny(tmp_path / "stop"), source=_source(collate=stopping))
+
+
+def test_a_run_with_nothing_to_learn_stops_with_the_reason(tmp_path, capsys):
+    """Replies cut away by data.max_length, or every image missing (a wrong image_root): the run
+    stops with a one-line reason instead of training on nothing and reporting success."""
+    from owlkit.cli import main as owl
+    from owlkit.training import train
+    from owlkit.training.loop import TrainingError
+
+    world, folder = _world_and_model(tmp_path, n=12, n_instruct=12)
+    source = {"type": "llava", "path": str(world / "instruct.json")}
+    base = dict(model={"init": str(folder)}, train__steps=3, train__micro_batch_size=4, train__grad_accum=1,
+                data__sources=[source])
+    with pytest.raises(TrainingError, match=r"step 1 has nothing to learn from: .*4 with no reply left within data\.max_length"):
+        train(tiny(tmp_path / "short", data__max_length=16, **base))
+    assert not (tmp_path / "short" / "final").exists()
+    # a wrong image_root: every image row dropped -> stop
+    wrong = {**source, "image_root": str(tmp_path / "nowhere")}
+    recipe = tiny(tmp_path / "root", **{**base, "data__sources": [wrong]}, data__max_length=256)
+    with pytest.raises(TrainingError, match=r"nothing to learn from: .*4 with a missing or unreadable image"):
+        train(recipe)
+    # the command line: one line, exit 2
+    import yaml
+
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({**recipe, "output_dir": str(tmp_path / "cli")}))
+    capsys.readouterr()
+    assert owl(["train", str(tmp_path / "r.yaml"), "log.progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing or unreadable image" in err and "Traceback" not in err
 
 
 def test_starting_over_an_existing_run_needs_resume(tmp_path):
@@ -581,7 +614,7 @@ def test_real_data_through_owlkit_data_with_a_missing_image(tmp_path):
     recipe = tiny(tmp_path / "run", model={"init": str(folder)}, train__steps=3, train__micro_batch_size=4,
                   train__grad_accum=1, data__sources=[{"type": "llava", "path": str(world / "instruct.json")}],
                   data__max_length=128)
-    result = train(recipe)
+    result = train({**recipe, "data": {**recipe["data"], "max_dropped": 0.5}})
     assert result.skipped_samples == expected >= 1
     assert all(math.isfinite(r["loss"]) for r in result.history)
     assert (result.final_dir / "tokenizer.model").exists()  # tokenizer travels with the model

@@ -41,14 +41,50 @@ def _conversation(row: dict, base: Path) -> list[dict]:
     return [{"role": "user", "content": parts}]
 
 
+def drop_partial_last_line(output: Path) -> bytes:
+    """Cut a last line without its newline (a run killed mid-write) off ``output``; return it.
+
+    Appending after such a line would glue the next row onto it and break both.
+    """
+    if not output.exists():
+        return b""
+    with output.open("rb+") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        if size == 0:
+            return b""
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return b""
+        # Find the last newline by reading backwards in blocks.
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            block = f.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        f.seek(keep)
+        partial = f.read()
+        f.truncate(keep)
+    return partial
+
+
 def _read_done(output: Path) -> set:
     done = set()
     if output.exists():
-        for line in output.read_text().splitlines():
+        for number, line in enumerate(output.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
             try:
                 done.add(json.loads(line)["id"])
             except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a partly written last line from an interrupted run
+                print(f"{output}:{number}: not an answer row; its question is asked again", file=sys.stderr)
     return done
 
 
@@ -60,6 +96,9 @@ def run(args) -> int:
         raise InputError(f"{src} does not exist")
     if args.batch_size <= 0:
         raise InputError("--batch-size must be positive")
+    partial = drop_partial_last_line(out)
+    if partial:
+        print(f"{out}: dropped an unfinished last line ({len(partial)} bytes) left by an interrupted run", file=sys.stderr)
     done = _read_done(out)
     todo, failed = [], 0
     for number, line in enumerate(src.read_text().splitlines(), 1):

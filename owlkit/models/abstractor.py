@@ -13,9 +13,13 @@ Per layer (both generations; see docs/architecture.md for shapes):
 After the last layer ``visual_fc`` projects to the decoder width and the learned ``vit_eos``
 row is appended, so each image becomes ``num_queries + 1`` decoder positions.
 
-The sin-cos tables are recomputed, not stored: for the configured grid they are bit-identical
-to the tables the official checkpoints carry (numpy float32, as the official code computes
-them); for another image size the 2-D table is rebuilt for the actual grid.
+Sin-cos tables: a checkpoint that carries them (the official mPLUG-Owl2 release stores
+``q_pos_embed`` / ``k_pos_embed`` in every layer's attention) keeps them as they are, as
+buffers of :class:`AbstractorAttention`, used at the configured grid and written back on save.
+Otherwise they are computed: in float64, rounded once to float32, so the table is the same
+whatever numpy or libm does with float32 sin/cos (the official code computes in float32 numpy,
+whose last bit changes between numpy versions). For another image size the 2-D table is
+rebuilt for the actual grid.
 """
 
 from __future__ import annotations
@@ -32,18 +36,20 @@ from owlkit.models.layers import LayerNorm, merge_heads, split_heads
 
 
 def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-    """[M] positions -> [M, dim]: sines of all frequencies, then cosines (float32 numpy)."""
-    omega = np.arange(dim // 2, dtype=np.float32)
-    omega /= dim / 2.0
-    omega = 1.0 / 10000**omega
-    out = np.einsum("m,d->md", positions.reshape(-1), omega)
+    """[M] positions -> [M, dim]: sines of all frequencies, then cosines (float64 numpy).
+
+    float64 throughout: rounded to float32 once by the caller, the result does not depend on
+    the float32 ``pow``/``sin``/``cos`` of the numpy version at hand.
+    """
+    omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
+    out = np.einsum("m,d->md", positions.reshape(-1).astype(np.float64), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
 @lru_cache(maxsize=32)
 def _sincos_tables(dim: int, num_queries: int, grid_h: int, grid_w: int, cls: bool) -> tuple[np.ndarray, np.ndarray]:
-    q_pos = sincos_1d(dim, np.arange(num_queries, dtype=np.float32)).astype(np.float32)
-    cols, rows = np.meshgrid(np.arange(grid_w, dtype=np.float32), np.arange(grid_h, dtype=np.float32))
+    q_pos = sincos_1d(dim, np.arange(num_queries, dtype=np.float64)).astype(np.float32)
+    cols, rows = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
     # First half encodes the column, second half the row (row-major patch order).
     k_pos = np.concatenate([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], axis=1)
     if cls:
@@ -60,6 +66,10 @@ def sincos_tables(config: OwlAbstractorConfig, grid_h: int | None = None, grid_w
     return torch.from_numpy(q_pos), torch.from_numpy(k_pos)
 
 
+#: Buffers a checkpoint may carry in each abstractor attention (kept as they are when present).
+CARRIED_TABLES = ("q_pos_embed", "k_pos_embed")
+
+
 class AbstractorAttention(nn.Module):
     def __init__(self, config: OwlAbstractorConfig):
         super().__init__()
@@ -69,6 +79,17 @@ class AbstractorAttention(nn.Module):
         self.query = nn.Linear(d, d)
         self.key = nn.Linear(config.encoder_hidden_size, d)
         self.value = nn.Linear(config.encoder_hidden_size, d)
+        # None unless a checkpoint carried them (then saved with the model; see module doc).
+        for name in CARRIED_TABLES:
+            self.register_buffer(name, None)
+
+    def positions(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The carried tables where they fit this grid, else the computed ones."""
+        if self.q_pos_embed is not None and self.q_pos_embed.shape == q_pos.shape:
+            q_pos = self.q_pos_embed.to(q_pos.dtype)
+        if self.k_pos_embed is not None and self.k_pos_embed.shape == k_pos.shape:
+            k_pos = self.k_pos_embed.to(k_pos.dtype)
+        return q_pos, k_pos
 
     def forward(self, q_in, k_in, v_in):
         q = split_heads(self.query(q_in), self.num_heads)
@@ -110,6 +131,7 @@ class AbstractorLayer(nn.Module):
         if q_pos is None:
             attn = self.attention(q, kv, kv)
         else:
+            q_pos, k_pos = self.attention.positions(q_pos, k_pos)
             attn = self.attention(q + q_pos, kv + torch.cat([q_pos, k_pos], dim=0), kv)
         h = q + self.out_proj(attn)
         return h + self.mlp(self.norm2(h))

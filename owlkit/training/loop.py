@@ -45,6 +45,14 @@ from owlkit.training.recipe import Recipe, dump_recipe, load_recipe
 FINAL = "final"
 BASE = "base"
 
+#: Why a sample read from the data never reaches the model, in the words the run reports.
+DROP_REASONS = {
+    "bad_image": "a missing or unreadable image (data.on_bad_image=skip)",
+    "no_reply": "no reply left within data.max_length (every supervised token cut away)",
+}
+#: The dropped share is judged once this many samples were read (or at the end of the run).
+MIN_SAMPLES_FOR_SHARE = 20
+
 
 class TrainingError(OwlError):
     """The run cannot go on (non-finite loss, bad data with on_bad_image=stop, ...)."""
@@ -58,7 +66,8 @@ class TrainResult:
     final_dir: Path | None = None
     adapter_dir: Path | None = None
     checkpoint: Path | None = None
-    skipped_samples: int = 0
+    skipped_samples: int = 0  # samples dropped in total, every reason (see dropped)
+    dropped: dict = field(default_factory=dict)  # reason -> samples dropped (DROP_REASONS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,13 +338,15 @@ class _Run:
         self.global_batch = self.micro * self.accum * info.world_size
         self.total = _total_steps(r, len(self.source), self.global_batch)
         # Resume: weights before wrapping (every rank holds the full model here).
-        self.start_step, self.skipped = 0, 0
+        self.start_step, self.read = 0, 0
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
         state = None
         if self.start_ckpt is not None:
             state = ckpt.load_torch(self.start_ckpt / "state.pt")
             self._load_weights(self.start_ckpt)
             self.start_step = int(state["step"])
-            self.skipped = int(state.get("skipped_samples", 0))
+            self.dropped.update(state.get("dropped") or {"bad_image": int(state.get("skipped_samples", 0))})
+            self.read = int(state.get("samples_read", 0))
             if int(state.get("global_batch", self.global_batch)) != self.global_batch:
                 _say(info, f"warning: the checkpoint was written with a global batch of {state['global_batch']}, "
                            f"this run uses {self.global_batch}; the data order differs from an uninterrupted run")
@@ -459,6 +470,7 @@ class _Run:
                 "format_version": ckpt.FORMAT_VERSION, "step": step, "samples_seen": step * self.global_batch,
                 "global_batch": self.global_batch, "world_size": info.world_size,
                 "scheduler": self.scheduler.state_dict(), "skipped_samples": self.skipped,
+                "dropped": dict(self.dropped), "samples_read": self.read,
             }
             ckpt.save_torch(state, tmp / "state.pt")
             ckpt.write_json({k: v for k, v in state.items() if k != "scheduler"} | {"metrics": last_row},
@@ -527,14 +539,17 @@ class _Run:
             for step in range(self.start_step, self.total):
                 t0 = time.perf_counter()
                 micro = [next(data) for _ in range(self.accum)]
-                stats = torch.zeros(6, dtype=torch.float64)
+                # supervised tokens, tokens, samples kept, dropped: bad image, error flag, positions,
+                # dropped: no reply left
+                stats = torch.zeros(7, dtype=torch.float64)
                 error = None
                 for b in micro:
                     if "__error__" in b:
                         error = error or b["__error__"]
                         continue
+                    stats[3] += int(b.get("num_skipped", 0) or 0)
+                    stats[6] += int(b.get("num_unsupervised", 0) or 0)
                     if b["input_ids"].shape[0] == 0:
-                        stats[3] += int(b.get("num_skipped", 0) or 0)
                         continue
                     try:
                         ex = expand_placeholders(b["input_ids"], b["attention_mask"], b["labels"], tpi, image_token_id)
@@ -542,18 +557,25 @@ class _Run:
                         error = error or f"bad batch at stream positions {b['positions'][0]}..: {exc}"
                         continue
                     n = int((ex.labels[:, 1:] != IGNORE_INDEX).sum())
-                    stats += torch.tensor([n, int(ex.attention_mask.sum()), b["input_ids"].shape[0],
-                                           int(b.get("num_skipped", 0) or 0), 0, ex.attention_mask.numel()],
-                                          dtype=torch.float64)
+                    stats[:3] += torch.tensor([n, int(ex.attention_mask.sum()), b["input_ids"].shape[0]],
+                                              dtype=torch.float64)
+                    stats[5] += ex.attention_mask.numel()
                 if error is not None:
                     stats[4] = 1
                 stats = D.all_reduce_sum(stats.to(info.device), info).cpu()
                 if stats[4] > 0:
                     self._stop(f"data error at step {step + 1}: {error}" if error else
                                f"another process hit a data error at step {step + 1} (see its message)")
-                n_sup, tokens, samples, skipped = (int(x) for x in stats[:4])
+                n_sup, tokens, samples = (int(x) for x in stats[:3])
                 positions = int(stats[5])  # tokens + padding: what the decoder computed
-                self.skipped += skipped
+                self.dropped["bad_image"] += int(stats[3])
+                self.dropped["no_reply"] += int(stats[6])
+                self.read += samples + int(stats[3]) + int(stats[6])
+                if n_sup == 0:
+                    self._stop(f"step {step + 1} has nothing to learn from: no supervised token in its "
+                               f"{self.global_batch} sample(s) ({self._dropped_text(int(stats[3]), int(stats[6]))})")
+                if self.read >= MIN_SAMPLES_FOR_SHARE:
+                    self._check_dropped_share()
                 scale = info.world_size / max(n_sup, 1)
                 loss_sum = torch.zeros((), dtype=torch.float64, device=info.device)
                 for a, b in enumerate(micro):
@@ -599,21 +621,26 @@ class _Run:
                     "step": step + 1, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                     "samples_per_s": samples / dt if dt > 0 else None, "tokens": tokens, "positions": positions,
                     "supervised_tokens": n_sup, "samples": samples, "skipped_samples": self.skipped,
+                    "dropped_bad_image": self.dropped["bad_image"], "dropped_no_reply": self.dropped["no_reply"],
                     "time": round(time.perf_counter() - started, 4),
                 }
                 history.append(row)
                 self.logger.log(row)
                 if bar is not None:
+                    extra = {"dropped": self.skipped} if self.skipped else {}
                     bar.set_postfix(loss=f"{loss:.4f}" if loss is not None else "-", lr=f"{lr:.2e}",
-                                    sps=f"{row['samples_per_s']:.1f}", refresh=False)
+                                    sps=f"{row['samples_per_s']:.1f}", **extra, refresh=False)
                     bar.update(1)
                 if (bar is None or bar.disable) and (step + 1) % int(r["log"]["every"]) == 0:
                     _say(info, f"step {step + 1}/{self.total} loss {loss if loss is None else round(loss, 5)} "
-                               f"lr {lr:.3e} grad_norm {grad_norm:.3f} {row['samples_per_s']:.2f} samples/s")
+                               f"lr {lr:.3e} grad_norm {grad_norm:.3f} {row['samples_per_s']:.2f} samples/s"
+                               + (f" dropped {self.skipped}" if self.skipped else ""))
                 if every and (step + 1) % every == 0 and step + 1 < self.total:
                     last_saved = self.save_checkpoint(step + 1, row)
                 if delay:
                     time.sleep(delay)
+            if 0 < self.read < MIN_SAMPLES_FOR_SHARE:
+                self._check_dropped_share()
             if self.start_step < self.total or ckpt.latest_checkpoint(self.out) is None:
                 last_saved = self.save_checkpoint(self.total, row)
             final_dir, adapter_dir = self.save_final()
@@ -622,7 +649,29 @@ class _Run:
                 bar.close()
             self.logger.close()
         if self.skipped:
-            _say(info, f"{self.skipped} sample(s) with a missing or unreadable image were skipped (data.on_bad_image=skip)")
+            _say(info, f"dropped {self.skipped} of {self.read} sample(s) read: "
+                       f"{self._dropped_text(self.dropped['bad_image'], self.dropped['no_reply'])}")
         _say(info, f"done: {final_dir}")
         return TrainResult(self.out, self.total, history, final_dir, adapter_dir,
-                           last_saved or ckpt.latest_checkpoint(self.out), self.skipped)
+                           last_saved or ckpt.latest_checkpoint(self.out), self.skipped, dict(self.dropped))
+
+    # -- dropped samples ---------------------------------------------------------------------------
+    @property
+    def skipped(self) -> int:
+        return sum(self.dropped.values())
+
+    @staticmethod
+    def _dropped_text(bad_image: int, no_reply: int) -> str:
+        counts = {"bad_image": bad_image, "no_reply": no_reply}
+        parts = [f"{n} with {DROP_REASONS[k]}" for k, n in counts.items() if n]
+        return "; ".join(parts) if parts else "none dropped: the replies hold no token to predict"
+
+    def _check_dropped_share(self) -> None:
+        limit = float(self.recipe["data"]["max_dropped"])
+        if self.skipped > limit * self.read:
+            self._stop(
+                f"{self.skipped} of the {self.read} sample(s) read so far were dropped "
+                f"({self.skipped / self.read:.0%}, more than data.max_dropped={limit:g}): "
+                f"{self._dropped_text(self.dropped['bad_image'], self.dropped['no_reply'])}; "
+                "check image_root and data.max_length (`owl data check` lists the problems), or raise data.max_dropped"
+            )

@@ -3,7 +3,7 @@
 ``metrics.jsonl`` holds one JSON object per optimiser step: ``step``, ``loss``, ``lr`` (of the
 groups at the peak multiplier, i.e. outside the vision encoder), ``grad_norm`` (before clipping),
 ``samples_per_s``, ``tokens`` (sequence positions processed, text and image, without padding),
-``positions`` (the same with padding: what the decoder computed), ``supervised_tokens``, ``samples``, ``skipped_samples`` (running total of samples dropped for a bad image) and ``time`` (seconds since
+``positions`` (the same with padding: what the decoder computed), ``supervised_tokens``, ``samples``, ``skipped_samples`` (running total of samples dropped, every reason), ``dropped_bad_image`` and ``dropped_no_reply`` (the same by reason) and ``time`` (seconds since
 the start of this process).
 """
 

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
         "max_length": 2048,
         "augment": False,
         "on_bad_image": "skip",  # skip | stop
+        "max_dropped": 0.1,  # largest share of read samples that may be dropped before the run stops
         "num_workers": 0,
         "shuffle": True,
         "group_by_length": 0,  # N > 0: batches of similar length, sorted within N global batches
@@ -350,6 +351,9 @@ def validate(recipe: Recipe) -> Recipe:
     _number(recipe, "data.max_length", minimum=2, integer=True)
     _number(recipe, "data.num_workers", minimum=0, integer=True)
     _number(recipe, "data.group_by_length", minimum=0, integer=True)
+    _number(recipe, "data.max_dropped", minimum=0)
+    if recipe["data"]["max_dropped"] > 1:
+        raise ConfigError(f"data.max_dropped is a share of the samples read, in [0, 1]; got {recipe['data']['max_dropped']!r}")
     for path in ("train.gradient_checkpointing", "data.augment", "data.shuffle", "data.sort_micro_batches", "log.tensorboard", "log.progress"):
         if not isinstance(recipe.get_path(path), bool):
             raise ConfigError(f"recipe key {path!r} must be true or false, got {recipe.get_path(path)!r}")
