@@ -22,6 +22,10 @@ _LAZY = {
 
 __all__ = sorted(_LAZY) + ["__version__"]
 
+from owlkit import _auto_hook  # noqa: E402  (cheap: no transformers import)
+
+_auto_hook.install()
+
 
 def __getattr__(name: str):
     if name in _LAZY:

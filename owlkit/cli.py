@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[argv[0]][0])
         sub = argparse.ArgumentParser(prog=f"owl {argv[0]}", description=COMMANDS[argv[0]][1])
         module.add_arguments(sub)
-        args = sub.parse_args(argv[1:])
+        # Options and positionals in any order (`owl train R --nproc 2 key=value`).
+        args = sub.parse_intermixed_args(argv[1:])
         runner = module.run
     else:
         parser.parse_args(argv)  # prints help / usage errors and exits
@@ -59,11 +60,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(runner(args) or 0)
     except OwlError as exc:
-        print(f"owl {argv[0]}: error: {exc}", file=sys.stderr)
+        report_error(f"owl {argv[0]}: error: {exc}")
         return exc.exit_code
+    except OSError as exc:  # the file system said no: a path the user gave, a full disk, ...
+        report_error(f"owl {argv[0]}: error: {os_error_line(exc)}")
+        return 2
     except KeyboardInterrupt:
         print(f"owl {argv[0]}: interrupted", file=sys.stderr)
         return 130
+
+
+def os_error_line(exc: OSError) -> str:
+    """``cannot write runs/x (No space left on device)``-style text for an OSError."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {reason}" if where else reason
+
+
+def report_error(line: str) -> None:
+    """Print a command's one-line error, once per run.
+
+    Under ``owl train --nproc N`` (torchrun) every process fails alike: the launcher names a
+    file in ``OWLKIT_ERROR_FILE``; each rank writes its line there (the lowest rank's is shown)
+    and prints nothing, so the user sees one line instead of N copies and torchrun's traceback.
+    """
+    import os
+
+    target = os.environ.get("OWLKIT_ERROR_FILE")
+    if target and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        rank = int(os.environ.get("RANK", "0"))
+        try:
+            with open(f"{target}.rank{rank}", "w", encoding="utf-8") as f:
+                f.write(line)
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -131,6 +131,15 @@ class OwlConfig(PreTrainedConfig):
         return self.abstractor_config.num_queries + 1
 
     @property
+    def placeholder_id(self) -> int:
+        """The id one image takes in ``input_ids``: ``image_token_id``, else ``-200``.
+
+        The one rule for the placeholder: training data, the processor (``owl chat``, the
+        server, ``owl eval``) and the model all follow the model config, never the tokenizer.
+        """
+        return IMAGE_TOKEN_INDEX if self.image_token_id is None else int(self.image_token_id)
+
+    @property
     def vocab_size(self) -> int:  # convenient for generation utilities
         return self.text_config.vocab_size
 
@@ -210,3 +219,14 @@ PRESETS: dict[str, dict] = {
              num_key_value_heads=2, max_position_embeddings=256),
     ),
 }
+
+
+def _register_auto_config() -> None:
+    """AutoConfig knows owlkit's configs once this module is imported (see owlkit._auto_hook)."""
+    from transformers import AutoConfig
+
+    for cfg in (OwlConfig, OwlVisionConfig, OwlAbstractorConfig):
+        AutoConfig.register(cfg.model_type, cfg, exist_ok=True)
+
+
+_register_auto_config()

@@ -1,17 +1,9 @@
-"""Registration of owlkit's classes with transformers' Auto classes."""
+"""owlkit's classes in transformers' Auto classes: importing this module registers them.
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+The registration itself sits at the end of :mod:`owlkit.config` (AutoConfig) and
+:mod:`owlkit.models.owl` (AutoModel, AutoModelForCausalLM); ``import owlkit`` arranges for it
+to happen at the first Auto lookup of an owlkit type (:mod:`owlkit._auto_hook`).
+"""
 
-from owlkit.config import OwlAbstractorConfig, OwlConfig, OwlVisionConfig
-from owlkit.models.owl import OwlForCausalLM
-
-for _cfg in (OwlConfig, OwlVisionConfig, OwlAbstractorConfig):
-    try:
-        AutoConfig.register(_cfg.model_type, _cfg)
-    except ValueError:  # already registered (module re-import)
-        pass
-for _auto in (AutoModelForCausalLM, AutoModel):
-    try:
-        _auto.register(OwlConfig, OwlForCausalLM)
-    except ValueError:
-        pass
+import owlkit.config  # noqa: F401
+import owlkit.models.owl  # noqa: F401

@@ -233,3 +233,24 @@ def test_official_names_cover_every_parameter():
         table = official_names(model.config)
         assert set(table) == set(model.state_dict())
         assert len(set(table.values())) == len(table)
+
+
+def test_auto_classes_after_a_plain_import_owlkit(tmp_path):
+    """As README says: `import owlkit`, then transformers' Auto classes load owlkit folders; and
+    `import owlkit` alone stays light (no transformers, no torch)."""
+    import subprocess
+    import sys
+
+    _random_model("test-owl2", seed=4).save_pretrained(tmp_path / "m")
+    code = (
+        "import sys, owlkit\n"
+        "assert 'transformers' not in sys.modules and 'torch' not in sys.modules\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM, AutoModel\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r})\n"
+        f"c = AutoConfig.from_pretrained({str(tmp_path / 'm')!r})\n"
+        f"b = AutoModel.from_pretrained({str(tmp_path / 'm')!r})\n"
+        "print(type(m).__name__, c.model_type, type(b).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["OwlForCausalLM", "owlkit", "OwlForCausalLM"]

@@ -213,3 +213,30 @@ def test_repetition_penalty_counts_the_prompt(owl_api, images):
     with torch.inference_mode():
         plain = owl_api.model.generate(**batch, max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
     assert set(plain) & prompt or len(set(plain)) < len(plain)
+
+
+def test_the_model_config_decides_the_placeholder(tmp_path, images):
+    """A tokenizer with <|image|> but a config whose image_token_id is null: training data, the
+    processor and the model all use -200 (the config's rule), so chat after training works."""
+    from helpers import tiny_model, train_tokenizer
+
+    from owlkit.config import IMAGE_TOKEN_INDEX
+    from owlkit.data.collator import OwlCollator
+    from owlkit.training.data import load_processing
+
+    folder = tmp_path / "model"
+    image_id = train_tokenizer(folder, 320)
+    assert image_id is not None
+    model = tiny_model("test-owl2", seed=2, text_config__vocab_size=320)
+    assert model.config.image_token_id is None and model.config.placeholder_id == IMAGE_TOKEN_INDEX
+    model.save_pretrained(folder)
+    api = Owl.load(folder)
+    assert api.processor.image_token_id == IMAGE_TOKEN_INDEX
+    answer = api.chat(_conv("what colour", images[:1]), max_new_tokens=3)
+    assert isinstance(answer, str)
+    tokenizer, image_processor = load_processing(folder, model.config)
+    collator = OwlCollator(tokenizer, image_processor, 2, 256, image_token_id=model.config.placeholder_id,
+                           tokens_per_image=model.config.tokens_per_image)
+    conv = _conv("what colour", images[:1]) + [{"role": "assistant", "content": "red"}]
+    batch = collator([{"messages": conv}])
+    assert (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1 and not (batch["input_ids"] == image_id).any()

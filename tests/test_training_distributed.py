@@ -112,3 +112,65 @@ def test_kill_at_a_random_step_then_resume_gives_the_same_losses(tmp_path):
     for row in resumed.history:
         assert row["loss"] == reference[row["step"]], (kill_at, row["step"])
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == list(range(1, steps + 1))
+
+
+def test_options_and_overrides_in_any_order(tmp_path):
+    """`owl train R --nproc 2 key=value` as docs/training.md writes it (and --print-recipe after)."""
+    recipe = _write(tmp_path, tiny(tmp_path / "run"))
+    done = _owl(["train", str(recipe), "--nproc", "2", "train.distributed=fsdp2", "--print-recipe", "optim.lr=0.5"])
+    assert done.returncode == 0, done.stderr
+    printed = yaml.safe_load(done.stdout)
+    assert printed["train"]["distributed"] == "fsdp2" and printed["optim"]["lr"] == 0.5
+
+
+def test_torchrun_input_error_is_one_line(tmp_path):
+    """Every process hits the same user error: one line (not one per process, no torchrun
+    ChildFailedError traceback), exit code 2."""
+    recipe = tiny(tmp_path / "run", train__grad_accum=1, train__distributed="ddp",
+                  data__sources=[{"type": "random", "num_samples": 8, "text_token": 4}])
+    done = _owl(["train", str(_write(tmp_path, recipe)), "--nproc", "2"])
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(err) == 1 and "'text_tokens'" in err[0] and err[0].startswith("owl train: error:"), done.stderr[-3000:]
+
+
+def _limit_file_size(limit: int):
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+    """A real write error (files capped at 100 kB, as a full disk would fail them): one line naming
+    the last good checkpoint, exit 2, no half-written folder; the run resumes from there."""
+    from owlkit.training import train
+    from owlkit.training.checkpoint import list_checkpoints
+
+    recipe = tiny(tmp_path / "run", train__steps=2)
+    train(recipe)
+    path = _write(tmp_path, recipe)
+    done = subprocess.run([sys.executable, "-m", "owlkit.cli", "train", str(path), "train.steps=4", "--resume"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=240,
+                          preexec_fn=_limit_file_size(100_000))
+    assert done.returncode == 2, done.stderr[-3000:]
+    err = done.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err, err[-3000:]
+    assert "cannot write the checkpoint of step 4" in err and "File too large" in err
+    assert "the last good checkpoint is" in err and "step-00000002" in err
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [2]
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+    resumed = train(with_overrides(recipe, {"train__steps": 4}), resume=True)
+    assert resumed.history[0]["step"] == 3
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    from owlkit.cli import main as owl
+
+    (tmp_path / "file").write_text("")
+    path = _write(tmp_path, tiny(tmp_path / "file" / "run"))
+    assert owl(["train", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "output_dir" in err and "cannot be created or written" in err

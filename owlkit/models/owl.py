@@ -282,3 +282,14 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
             return torch.cat([input_ids.to(out.device), out], dim=1)
         out.sequences = torch.cat([input_ids.to(out.sequences.device), out.sequences], dim=1)
         return out
+
+
+def _register_auto_models() -> None:
+    """AutoModel / AutoModelForCausalLM know OwlForCausalLM once this module is imported."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    for auto in (AutoModelForCausalLM, AutoModel):
+        auto.register(OwlConfig, OwlForCausalLM, exist_ok=True)
+
+
+_register_auto_models()

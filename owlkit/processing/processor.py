@@ -33,6 +33,7 @@ class OwlProcessor:
         tokens_per_image: int = 65,
         max_length: int | None = None,
         template: str | None = None,
+        image_token_id: int | None = None,
     ):
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -40,7 +41,8 @@ class OwlProcessor:
         self.tokens_per_image = tokens_per_image
         self.max_length = max_length
         self.template = template or default_template(owl_version)
-        self.image_token_id = placeholder_id(tokenizer)
+        # A model folder's config decides (from_pretrained); alone, the tokenizer's <|image|>.
+        self.image_token_id = placeholder_id(tokenizer) if image_token_id is None else int(image_token_id)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, config=None, template: str | None = None) -> "OwlProcessor":
@@ -62,7 +64,7 @@ class OwlProcessor:
             mode=config.image_aspect_ratio,
         )
         return cls(tokenizer, images, config.owl_version, config.tokens_per_image,
-                   config.text_config.max_position_embeddings, template)
+                   config.text_config.max_position_embeddings, template, image_token_id=config.placeholder_id)
 
     @property
     def stop_strings(self) -> list[str]:

@@ -55,12 +55,15 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def remove_partial(run_dir: str | Path) -> None:
-    """Delete leftovers of a checkpoint write that was interrupted."""
+    """Delete leftovers of a checkpoint (or final model) write that was interrupted."""
     root = Path(run_dir) / CHECKPOINTS
     if root.is_dir():
         for path in root.iterdir():
             if path.name.endswith((".tmp", ".old")):
                 shutil.rmtree(path, ignore_errors=True)
+    for name in ("final", "adapter"):
+        for suffix in (".tmp", ".old"):
+            shutil.rmtree(Path(run_dir) / (name + suffix), ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +117,36 @@ def _fsync_tree(path: Path) -> None:
         os.close(fd)
 
 
+#: What a failed write raises: the OS (full disk, permissions, file size limit), torch.save's
+#: zip writer (RuntimeError "... failed writing file ..."), safetensors (its own error type).
+def _write_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+WRITE_ERRORS = _write_errors()
+
+
+def os_reason(exc: BaseException) -> str:
+    """A write error in a few words: ``No space left on device``, ``File too large``, ..."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[:200]
+
+
+def replace_folder(tmp: Path, final: Path) -> None:
+    """Flush ``tmp`` and rename it to ``final`` (replacing an older ``final``)."""
+    _fsync_tree(tmp)
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def begin(run_dir: str | Path, step: int) -> Path:
     """Create the temporary folder of the checkpoint of ``step`` (main rank)."""
     tmp = checkpoint_dir(run_dir, step).with_name(f"step-{step:08d}.tmp")
@@ -126,15 +159,7 @@ def begin(run_dir: str | Path, step: int) -> Path:
 def commit(tmp: Path, keep: int) -> Path:
     """Flush, rename into place, prune to the ``keep`` newest (main rank)."""
     final = tmp.with_name(tmp.name[: -len(".tmp")])
-    _fsync_tree(tmp)
-    if final.exists():  # the same step written again (e.g. after a resume): replace it
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
+    replace_folder(tmp, final)  # the same step written again (e.g. after a resume) replaces it
     parent_fd = os.open(final.parent, os.O_RDONLY)
     try:
         os.fsync(parent_fd)

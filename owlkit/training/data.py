@@ -192,10 +192,9 @@ def build_batch_source(recipe: dict, model_config) -> BatchSource:
 
     tokenizer, image_processor = load_processing(folder, model_config)
     dataset = build_dataset(sources, seed=seed, shuffle=bool(data["shuffle"]))
-    image_token_id = model_config.image_token_id if model_config.image_token_id is not None else IMAGE_TOKEN_INDEX
     collator = OwlCollator(
         tokenizer, image_processor, model_config.owl_version, int(data["max_length"]),
-        augment=bool(data["augment"]), on_bad_image=data["on_bad_image"], image_token_id=image_token_id,
+        augment=bool(data["augment"]), on_bad_image=data["on_bad_image"], image_token_id=model_config.placeholder_id,
         tokens_per_image=model_config.tokens_per_image, seed=seed,
     )
     return BatchSource(dataset, collator, f"{len(dataset)} samples per epoch from {len(sources)} source(s)")

@@ -38,7 +38,44 @@ def _threads_env(nproc: int) -> dict:
 
 
 def launch_torchrun(nproc: int, args: list[str]) -> int:
-    return subprocess.call(torchrun_command(nproc, args), env=_threads_env(nproc))
+    """Run torchrun; a user error of the workers comes out as one line with exit code 2.
+
+    The workers write their one-line error to ``OWLKIT_ERROR_FILE.rank{R}`` instead of printing
+    it (:func:`owlkit.cli.report_error`). Their other output passes through as it comes; once an
+    error file exists, what follows on stderr is torchrun's own report of the failed workers
+    (a ``ChildFailedError`` traceback), which is held back and shown only if no error file explains
+    the failure.
+    """
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryDirectory(prefix="owlkit-torchrun-") as folder:
+        error_file = os.path.join(folder, "error")
+        env = _threads_env(nproc) | {"OWLKIT_ERROR_FILE": error_file}
+        proc = subprocess.Popen(torchrun_command(nproc, args), env=env, stderr=subprocess.PIPE)
+        held: list[bytes] = []
+
+        def forward() -> None:
+            for line in proc.stderr:
+                if held or any(name.startswith("error.rank") for name in os.listdir(folder)):
+                    held.append(line)
+                else:
+                    sys.stderr.buffer.write(line)
+                    sys.stderr.flush()
+
+        reader = threading.Thread(target=forward, daemon=True)
+        reader.start()
+        code = proc.wait()
+        reader.join()
+        errors = sorted((int(name.rsplit("rank", 1)[1]), name) for name in os.listdir(folder) if name.startswith("error.rank"))
+        if code and errors:
+            with open(os.path.join(folder, errors[0][1]), encoding="utf-8") as f:
+                print(f.read().strip(), file=sys.stderr)
+            return 2
+        for line in held:
+            sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+        return code
 
 
 def _spawn_entry(local_rank: int, nproc: int, port: int, fn, args) -> None:

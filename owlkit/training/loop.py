@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from owlkit.config import IGNORE_INDEX
 from owlkit.errors import ConfigError, OwlError
 from owlkit.training import checkpoint as ckpt
 from owlkit.training import distributed as D
@@ -124,7 +124,7 @@ def with_dummy_image(batch: dict, config) -> dict:
     length = max(length, 2)
     text = config.text_config
     pad, bos = text.pad_token_id or 0, text.bos_token_id if text.bos_token_id is not None else 1
-    placeholder = config.image_token_id if config.image_token_id is not None else IMAGE_TOKEN_INDEX
+    placeholder = config.placeholder_id
     new_ids = torch.full((rows + 1, length), pad, dtype=torch.long)
     new_mask = torch.zeros((rows + 1, length), dtype=torch.long)
     new_labels = torch.full((rows + 1, length), IGNORE_INDEX, dtype=torch.long)
@@ -296,7 +296,14 @@ class _Run:
             torch.set_num_threads(int(t["threads"]))
         self.mode = D.resolve_mode(t["distributed"], info)
         if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                probe = self.out / ".owlkit-write-test"
+                probe.write_text("")
+                probe.unlink()
+            except OSError as exc:
+                raise ConfigError(f"output_dir {self.out} cannot be created or written ({ckpt.os_reason(exc)}); "
+                                  "choose another output_dir") from None
         D.barrier(info)
         self.start_ckpt = self._resume_point()
         if info.is_main:
@@ -459,6 +466,23 @@ class _Run:
         full = self._full_model_state() if self.mode == "fsdp2" else None
         osd = get_optimizer_state_dict(self.wrapped, self.optimizer,
                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        with self._writing(f"the checkpoint of step {step}", ckpt.checkpoint_dir(self.out, step)):
+            return self._write_checkpoint(step, last_row, full, osd)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str, target: Path):
+        """A failed write (full disk, lost permissions) stops the run with one line naming the
+        last good checkpoint; the partial folder is removed (the rename never happened)."""
+        try:
+            yield
+        except ckpt.WRITE_ERRORS as exc:
+            if self.info.is_main:
+                ckpt.remove_partial(self.out)
+                shutil.rmtree(target.with_name(target.name + ".tmp"), ignore_errors=True)
+            self._stop(f"cannot write {what} to {target} ({ckpt.os_reason(exc)})")
+
+    def _write_checkpoint(self, step: int, last_row: dict | None, full: dict | None, osd: dict) -> Path | None:
+        info = self.info
         tmp = ckpt.begin(self.out, step) if info.is_main else None
         tmp = Path(D.broadcast_object(str(tmp) if tmp else None, info))
         ckpt.save_torch(ckpt.rng_state(), tmp / f"rng-rank{info.rank}.pt")
@@ -482,25 +506,30 @@ class _Run:
         return final
 
     def save_final(self) -> tuple[Path | None, Path | None]:
+        """``final/`` (and ``adapter/``), written beside as ``*.tmp`` and renamed when complete."""
         info = self.info
         full = self._full_model_state() if self.mode == "fsdp2" else None
         final_dir = self.out / FINAL
-        adapter_dir = None
+        adapter_dir = self.out / ADAPTER_DIR if self.lora is not None else None
         if info.is_main:
-            shutil.rmtree(final_dir, ignore_errors=True)
-            if self.lora is not None:
-                from owlkit.training.lora import merge_lora
+            with self._writing("the final model", final_dir):
+                final_tmp = final_dir.with_name(FINAL + ".tmp")
+                shutil.rmtree(final_tmp, ignore_errors=True)
+                if adapter_dir is not None:
+                    from owlkit.training.lora import merge_lora
 
-                adapter_dir = self.out / ADAPTER_DIR
-                shutil.rmtree(adapter_dir, ignore_errors=True)
-                self._save_weights(adapter_dir, full, final=True)
-                with _quiet_transformers():
-                    merge_lora(adapter_dir, final_dir, base=self.base_dir)
-            else:
-                self._save_weights(final_dir, full)
-            _side_files(self.recipe, final_dir)
+                    adapter_tmp = adapter_dir.with_name(ADAPTER_DIR + ".tmp")
+                    shutil.rmtree(adapter_tmp, ignore_errors=True)
+                    self._save_weights(adapter_tmp, full, final=True)
+                    with _quiet_transformers():
+                        merge_lora(adapter_tmp, final_tmp, base=self.base_dir)
+                    ckpt.replace_folder(adapter_tmp, adapter_dir)
+                else:
+                    self._save_weights(final_tmp, full)
+                _side_files(self.recipe, final_tmp)
+                ckpt.replace_folder(final_tmp, final_dir)
         D.barrier(info)
-        return final_dir, (self.out / ADAPTER_DIR if self.lora is not None else None)
+        return final_dir, adapter_dir
 
     # -- the loop ------------------------------------------------------------------------------
     def _stop(self, message: str) -> None:
