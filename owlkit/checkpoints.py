@@ -22,6 +22,7 @@ model, saved with it), so ``owl convert`` round trips are bit-identical whatever
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterable
@@ -488,6 +489,20 @@ def _set_generation_config(model, folder: Path, kind: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def quiet_saving():
+    """No transformers "Writing model shards" bar inside owlkit's own output."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_model(model, path: str | Path, format: str = "owlkit", max_shard_size: str = "5GB") -> Path:
     """Write ``model`` as an owlkit folder (``format="owlkit"``) or in the official layout."""
     from safetensors.torch import save_file
@@ -495,7 +510,8 @@ def save_model(model, path: str | Path, format: str = "owlkit", max_shard_size: 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     if format == "owlkit":
-        model.save_pretrained(str(out), max_shard_size=max_shard_size)
+        with quiet_saving():
+            model.save_pretrained(str(out), max_shard_size=max_shard_size)
         return out
     if format != "official":
         raise CheckpointError(f"unknown format {format!r}; use 'owlkit' or 'official'")

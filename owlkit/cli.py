@@ -32,8 +32,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the problem and where to look) and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="owl", description="mPLUG-Owl / mPLUG-Owl2 toolkit")
+    parser = OneLineParser(prog="owl", description="mPLUG-Owl / mPLUG-Owl2 toolkit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module, help_text) in sorted(COMMANDS.items()):
@@ -49,10 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     # Find the sub-command first, then let its module declare its own arguments.
     if argv and argv[0] in COMMANDS:
         module = importlib.import_module(COMMANDS[argv[0]][0])
-        sub = argparse.ArgumentParser(prog=f"owl {argv[0]}", description=COMMANDS[argv[0]][1])
+        sub = OneLineParser(prog=f"owl {argv[0]}", description=COMMANDS[argv[0]][1])
         module.add_arguments(sub)
-        # Options and positionals in any order (`owl train R --nproc 2 key=value`).
-        args = sub.parse_intermixed_args(argv[1:])
+        # Options and positionals in any order (`owl train R --nproc 2 key=value`); argparse
+        # cannot intermix a command with sub-commands of its own (`owl data check`): those parse
+        # as usual (argparse raises TypeError before reading anything).
+        try:
+            args = sub.parse_intermixed_args(argv[1:])
+        except TypeError:
+            args = sub.parse_args(argv[1:])
         runner = module.run
     else:
         parser.parse_args(argv)  # prints help / usage errors and exits

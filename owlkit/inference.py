@@ -94,6 +94,8 @@ class Owl:
     def __init__(self, model, processor: OwlProcessor):
         self.model = model
         self.processor = processor
+        #: Counted before any CPU repacking (packed matrices are buffers, not parameters).
+        self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype=None, device=None) -> "Owl":
@@ -109,9 +111,10 @@ class Owl:
         if not any((Path(path) / f).exists() for f in tokenizer_files):
             raise OwlError(f"{path} has no tokenizer (tokenizer.model or tokenizer.json); copy the release's tokenizer files there")
         processor = OwlProcessor.from_pretrained(path, config=model.config)
+        owl = cls(model, processor)
         if model.device.type == "cpu":
             model.optimize_for_cpu_decoding()
-        return cls(model, processor)
+        return owl
 
     # -- generation plumbing -----------------------------------------------------------------
     def _generate_kwargs(self, opts: dict) -> dict:

@@ -661,3 +661,25 @@ def test_length_hints_describe_the_epochs_items_without_reading_images(world):
             assert hints[i] == exact
         else:  # shards: the caption's size in bytes from the tar index
             assert abs(int(hints[i]) - exact) <= 1
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "array"])
+def test_a_non_utf8_byte_is_reported_on_its_line_and_can_be_skipped(tmp_path, layout, caplog):
+    rows = [{"id": str(i), "conversations": [{"from": "human", "value": f"question {i}"},
+                                            {"from": "gpt", "value": "caf\u00e9"}]} for i in range(3)]
+    if layout == "jsonl":
+        text = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n"
+    else:
+        text = "[\n" + ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n]\n"
+    raw = text.encode("utf-8")
+    second = raw.index(b'"question 1"')
+    line = raw[:second].count(b"\n") + 1
+    raw = raw.replace("caf\u00e9".encode(), b"caf\xe9", 2)[: len(raw)]  # latin-1 in rows 0 and 1
+    raw = raw.replace(b"caf\xe9", "caf\u00e9".encode(), 1)  # row 0 back to UTF-8: only row 1 is bad
+    path = tmp_path / f"d.{'jsonl' if layout == 'jsonl' else 'json'}"
+    path.write_bytes(raw)
+    with pytest.raises(InputError, match=rf"d\.jsonl?:{line}: not UTF-8 text \(byte 0xe9 at column \d+\)"):
+        build_dataset([{"type": "llava", "path": str(path)}], seed=0)
+    ds = build_dataset([{"type": "llava", "path": str(path), "on_error": "skip"}], seed=0)
+    assert len(ds) == 2 and "skipped 1 malformed row" in caplog.text
+    assert build_dataset([{"path": str(path), "on_error": "skip"}], seed=0).names  # type still detected

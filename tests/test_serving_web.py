@@ -49,6 +49,8 @@ def server(tmp_path_factory):
     make_model_folder(root / "model", "test-owl2", seed=2)
     (root / "examples").mkdir()
     (root / "examples" / "blue-square.png").write_bytes(png_bytes((30, 40, 210), size=(48, 48)))
+    (root / "examples" / "questions.json").write_text(
+        '[{"image": "blue-square.png", "question": "What colour is the square?", "answer": "blue"}]')
     owl = Owl.load(root / "model")
     forward = owl.model.forward
 
@@ -110,6 +112,10 @@ def test_web_demo_upload_ask_stream_regenerate_clear_example(browser, server, tm
     try:
         page.goto(url + "/", wait_until="networkidle", timeout=30_000)
         assert "owlkit" in page.title()
+        page.get_by_text("Generation settings").click()
+        seed_box = page.locator("#owl-seed textarea, #owl-seed input").first
+        seed_box.wait_for(timeout=10_000)
+        assert seed_box.input_value() == ""  # empty = random, as its label says
 
         # upload, ask, watch the answer stream in
         page.locator("#owl-input input[type=file]").set_input_files(str(image))
@@ -138,10 +144,29 @@ def test_web_demo_upload_ask_stream_regenerate_clear_example(browser, server, tm
         page.get_by_text("Example images").wait_for(timeout=10_000)
         page.locator(".gallery-item").first.click()
         page.wait_for_function("() => document.querySelector('#owl-input textarea').value.length > 0", timeout=10_000)
+        assert page.locator("#owl-input textarea").input_value() == "What colour is the square?"  # questions.json
         before = scheduler.stats()["completed"]
         page.locator("#owl-input textarea").press("Enter")
         _wait_done(scheduler, before, page)
         assert page.locator(BOT).last.inner_text().strip()
+
+        # a rejected image is taken back out: the next (text-only) question is answered
+        page.locator("#owl-clear").click()
+        page.wait_for_function("() => !document.querySelector('#owl-chat .message-row')", timeout=10_000)
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+        page.locator("#owl-input input[type=file]").set_input_files(str(bad))
+        page.locator("#owl-input img, #owl-input .thumbnail-item").first.wait_for(timeout=10_000)
+        page.locator("#owl-input textarea").fill("what is this")
+        page.locator("#owl-input textarea").press("Enter")
+        page.get_by_text("cannot").first.wait_for(timeout=10_000)  # the warning toast names the problem
+        page.wait_for_function("() => !document.querySelector('#owl-chat .message-row')", timeout=10_000)
+        page.wait_for_function("() => !document.querySelector('#owl-input textarea').disabled", timeout=10_000)
+        before = scheduler.stats()["completed"]
+        page.locator("#owl-input textarea").fill("hello")
+        page.locator("#owl-input textarea").press("Enter")
+        _wait_done(scheduler, before, page)
+        assert page.locator(BOT).count() == 1 and page.locator(BOT).last.inner_text().strip()
         assert outside == []
     finally:
         page.close()

@@ -65,7 +65,7 @@ def run(args) -> int:
         owl = Owl.load(path)
         cfg = owl.model.config
         print(f"model: {path or bundled_model_path()} (mPLUG-Owl{'2' if cfg.owl_version == 2 else ''}, "
-              f"{sum(p.numel() for p in owl.model.parameters()) / 1e6:.1f}M parameters, "
+              f"{owl.num_parameters / 1e6:.1f}M parameters, "
               f"{cfg.vision_config.image_size}px images), loaded in {time.perf_counter() - start:.1f}s")
         jobs = []
         examples = _examples_dir() / "questions.json"

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from owlkit.errors import InputError
+from owlkit.outputs import writable_folder
 
 
 def add_arguments(parser) -> None:
@@ -76,6 +77,8 @@ def _synth(args) -> int:
 
     if args.n_per_task <= 0:
         raise InputError("--n-per-task must be positive")
+    if args.output:
+        writable_folder(args.output, "--output")
     owl = load_owl(args)
     result = evaluate_synth(owl, args.seed, args.n_per_task, batch_size=args.batch_size, progress=not args.quiet,
                             described=args.described,
@@ -105,8 +108,7 @@ def run(args) -> int:
         raise InputError(f"--data is required: {spec.layout}")
     if not args.output:
         raise InputError("--output is required: the run folder to write")
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise InputError(f"{args.output}: is a file; --output is the run folder to write")
+    writable_folder(args.output, "--output")
     if args.html_images not in ("relative", "base64"):
         raise InputError(f"--html-images must be 'relative' or 'base64', not {args.html_images!r}")
     from owlkit.evaluation.report import metrics_markdown

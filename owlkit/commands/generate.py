@@ -14,6 +14,7 @@ from pathlib import Path
 
 from owlkit.commands._generation import add_generation_arguments, add_model_argument, generation_options, load_owl
 from owlkit.errors import InputError, OwlError
+from owlkit.outputs import writable_file
 
 
 def add_arguments(parser) -> None:
@@ -96,6 +97,7 @@ def run(args) -> int:
         raise InputError(f"{src} does not exist")
     if args.batch_size <= 0:
         raise InputError("--batch-size must be positive")
+    writable_file(out, "--output")
     partial = drop_partial_last_line(out)
     if partial:
         print(f"{out}: dropped an unfinished last line ({len(partial)} bytes) left by an interrupted run", file=sys.stderr)

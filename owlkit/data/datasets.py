@@ -40,6 +40,7 @@ from torch.utils.data import Dataset
 
 from owlkit.data.records import (
     IMAGE_EXTENSIONS,
+    SOURCE_KEYS,
     Problem,
     Record,
     RecordError,
@@ -60,7 +61,6 @@ logger = logging.getLogger("owlkit.data")
 #: ``data.group_by_length``.
 CHARS_PER_TOKEN = 4
 
-SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name", "tasks")
 ON_ERROR = ("raise", "skip")
 
 
@@ -306,10 +306,14 @@ def build_dataset(sources: Sequence[dict] | dict, seed: int, *, shuffle: bool = 
         raise ConfigError("no data sources given")
     datasets, weights, names = [], [], []
     for source in sources:
-        dataset = load_source(source)
-        weight = source.get("weight", 1.0)
+        weight = source.get("weight", 1.0) if isinstance(source, dict) else 1.0
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ConfigError(f"data source {dataset.name}: 'weight' must be a number, got {weight!r}")
+            raise ConfigError(f"data source {source.get('name') or source.get('path')}: 'weight' must be a number, got {weight!r}")
+        if weight == 0:  # dropped: not even read (`data.sources.1.weight=0` on the command line)
+            name = str(source.get("name") or source.get("path") or "source")
+            dataset = RecordDataset([], f"{name} (weight 0: not read)")
+        else:
+            dataset = load_source(source)
         if len(dataset) == 0 and weight:
             raise ConfigError(f"data source {dataset.name} has no usable records")
         datasets.append(dataset)

@@ -45,6 +45,8 @@ from typing import Any, Iterator, Sequence
 from owlkit.errors import ConfigError, InputError
 
 SOURCE_TYPES = ("llava", "owl_jsonl", "captions", "wds", "text")
+#: The keys of one data source of a recipe (owlkit.data.datasets explains each).
+SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name", "tasks")
 PLACEHOLDERS = ("<image>", "<|image|>")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -232,6 +234,9 @@ def _conversation_messages(turns: Any, key: str) -> list[dict]:
             raise RecordError(
                 f"turn {i + 1}: unknown role {raw_role!r}; use human/gpt (or user/assistant, system)"
             )
+        if "value" not in turn and "content" not in turn:
+            raise RecordError(f"turn {i + 1} ({raw_role}) has no 'value' field (LLaVA: "
+                              "{'from': 'human', 'value': TEXT}; or 'content')")
         value = turn.get("value", turn.get("content"))
         if value is None:
             value = ""
@@ -441,15 +446,29 @@ def _decode_problem(image: Any) -> list[str]:
 _WS = re.compile(r"[ \t\n\r]*")
 
 
+#: Bytes that are not UTF-8 decode to these lone surrogates (``surrogateescape``); valid UTF-8
+#: text never holds them, so a row containing one had a bad byte.
+_BAD_BYTES = re.compile("[\udc80-\udcff]")
+
+
 def _read_text(path: Path) -> str:
+    """The file as text; bytes that are not UTF-8 become lone surrogates (see :func:`_bad_bytes`)."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8", errors="surrogateescape")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({_one_line(exc)})") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({_one_line(exc)})") from None
+
+
+def _bad_bytes(text: str) -> RecordError | None:
+    """A row error naming the first byte that is not UTF-8, or None."""
+    found = _BAD_BYTES.search(text)
+    if found is None:
+        return None
+    byte = ord(found.group()) - 0xDC00
+    return RecordError(f"not UTF-8 text (byte 0x{byte:02x} at column {found.start() + 1}); "
+                       "re-save the file as UTF-8", "encoding")
 
 
 def iter_json_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -466,6 +485,10 @@ def iter_json_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         return
     for n, raw in enumerate(text.splitlines(), 1):
         if not raw.strip():
+            continue
+        bad = _bad_bytes(raw)
+        if bad is not None:
+            yield n, bad
             continue
         try:
             yield n, json.loads(raw)
@@ -493,7 +516,8 @@ def _iter_json_array(text: str, start: int) -> Iterator[tuple[int, Any]]:
             at = getattr(exc, "pos", i)
             yield line_at(max(i, at)), RecordError(f"invalid JSON ({_one_line(exc)}); the rest of the file is not read", "json")
             return
-        yield line_at(i), row
+        bad = _bad_bytes(text[i:end])
+        yield line_at(i), row if bad is None else bad
         i = _WS.match(text, end).end()
         if i < len(text) and text[i] == ",":
             i = _WS.match(text, i + 1).end()
@@ -510,6 +534,8 @@ def detect_type(path: str | os.PathLike) -> str:
     if os.path.isdir(text) or text.endswith(".tar") or any(c in text for c in "*?{"):
         return "wds"
     for _, row in iter_json_rows(path):
+        if isinstance(row, RecordError):
+            continue  # judge by the first readable row
         if not isinstance(row, dict):
             break
         if "conversations" in row or "messages" in row:

@@ -55,6 +55,7 @@ import base64
 import io
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -119,6 +120,16 @@ def _check_pixels(width: int, height: int, max_pixels: int | None, name: str) ->
         )
 
 
+def _bomb(exc: Exception, name: str, max_pixels: int | None) -> InputError:
+    """Pillow refuses to even open images over twice its own pixel limit: say so with our limit."""
+    found = re.search(r"Image size \((\d+) pixels\)", str(exc))
+    size = f" ({int(found.group(1)) / 1e6:.1f} megapixels)" if found else ""
+    if max_pixels is not None:
+        return InputError(f"{name}: image is too large{size}, over the limit of {max_pixels / 1e6:g} megapixels; "
+                          "shrink it or raise max_pixels")
+    return InputError(f"{name}: image is too large{size} to decode safely (a possible decompression bomb)")
+
+
 def _open_bytes_or_path(source: str | os.PathLike | bytes, name: str, max_pixels: int | None) -> Image.Image:
     """Open and fully decode an encoded image, turning every failure into one InputError line."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -149,7 +160,7 @@ def _open_bytes_or_path(source: str | os.PathLike | bytes, name: str, max_pixels
         except UnidentifiedImageError:
             raise InputError(f"{name}: not an image file (format not recognised)") from None
         except Image.DecompressionBombError as exc:
-            raise InputError(f"{name}: image is too large ({_one_line(exc)})") from None
+            raise _bomb(exc, name, max_pixels) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise InputError(f"{name}: cannot read image ({_one_line(exc)})") from None
         _check_pixels(image.width, image.height, max_pixels, name)
@@ -157,8 +168,9 @@ def _open_bytes_or_path(source: str | os.PathLike | bytes, name: str, max_pixels
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as exc:
             problem = _one_line(exc)
-            if "truncated" in problem.lower():
-                raise InputError(f"{name}: image file is truncated ({problem})") from None
+            if "truncated" in problem.lower():  # Pillow: "image file is truncated (N bytes not processed)"
+                detail = problem if problem.lower().startswith("image file is truncated") else f"image file is truncated ({problem})"
+                raise InputError(f"{name}: {detail}") from None
             raise InputError(f"{name}: cannot decode image ({problem})") from None
     return image
 

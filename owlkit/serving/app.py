@@ -2,13 +2,16 @@
 
 ``create_app(owl, settings)`` builds it around one :class:`~owlkit.serving.scheduler.Scheduler`
 (started with the app, stopped at shutdown). Every error is OpenAI's error JSON with the right
-status: 400 for a bad request (bad JSON and bad types included), 401 without the API key, 403
-for a path outside ``--image-dir``, 404/405 for unknown routes and methods, 413 for a body over
-the limit, 429 when too many requests wait, 503 while shutting down.
+status: 400 for a bad request (bad JSON and bad types included, ``param`` naming the field), 401
+without the API key (which then also guards ``/docs`` and ``/openapi.json``), 403 for a path
+outside ``--image-dir``, 404/405 for unknown routes and methods, 408 for a body that does not
+arrive within ``body_timeout_s`` (the connection is closed), 413 for a body over the limit, 429
+when too many requests wait, 503 while shutting down.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -33,24 +36,33 @@ log = logging.getLogger("owlkit.serving")
 
 API_PREFIX = "/v1"
 API_ROUTES = {"/v1/models": {"GET"}, "/v1/chat/completions": {"POST"}}
+DOC_ROUTES = ("/docs", "/docs/oauth2-redirect", "/openapi.json")  # behind the API key too
+#: OpenAI-style ``code`` of the errors Starlette raises by status.
+STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout", 413: "request_too_large"}
 
 
 class _BodyTooLarge(StarletteHTTPException):
     pass
 
 
+class _BodyTimeout(StarletteHTTPException):
+    pass
+
+
 class ApiGuard:
-    """ASGI middleware for ``/v1/...``: the Bearer key (401) and the body size limit (413),
-    checked before the body is read or parsed."""
+    """ASGI middleware for ``/v1/...`` (and the API docs): the Bearer key (401), the body size
+    limit (413) and the body time limit (408), checked before the body is read or parsed."""
 
     def __init__(self, app, settings: ServerSettings):
         self.app = app
         self.key = settings.api_key.encode() if settings.api_key else None
         self.max_body = settings.limits.max_body_bytes
+        self.body_timeout = settings.limits.body_timeout_s
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] != "http" or not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+        guarded = path == API_PREFIX or path.startswith(API_PREFIX + "/") or (self.key is not None and path in DOC_ROUTES)
+        if scope["type"] != "http" or not guarded:
             return await self.app(scope, receive, send)
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         if self.key is not None:
@@ -66,16 +78,25 @@ class ApiGuard:
                 return await _send_json(send, 400, error_body(400, "bad Content-Length header"))
             if int(declared) > self.max_body:
                 return await _send_json(send, 413, _too_large(self.max_body))
-        seen = 0
-        max_body = self.max_body
+        seen, complete = 0, False
+        max_body, timeout = self.max_body, self.body_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
 
         async def guarded_receive():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body only a disconnect can come: no time limit
+                return await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except asyncio.TimeoutError:
+                raise _BodyTimeout(408, f"the request body did not arrive within {timeout:g} s",
+                                   headers={"connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > max_body:
                     raise _BodyTooLarge(413, _too_large(max_body)["error"]["message"])
+                complete = not message.get("more_body", False)
             return message
 
         return await self.app(scope, guarded_receive, send)
@@ -90,6 +111,22 @@ async def _send_json(send, status: int, body: dict, extra_headers: list | None =
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": data})
+
+
+def _validation_param(errors: list[dict]) -> str | None:
+    """The field the first problem is about (``max_tokens``, ``messages.0.content``), as OpenAI's ``param``."""
+    if not errors or errors[0].get("type") == "json_invalid":
+        return None
+    # pydantic names union members and tagged parts in the location ("str", "list[...]", "text"):
+    # keep the path of the request's own keys and list indices.
+    loc = [str(x) for x in errors[0].get("loc", ()) if x != "body"]
+    keep: list[str] = []
+    for part in loc:
+        if part.isdigit() or part.isidentifier():
+            keep.append(part)
+        else:
+            break
+    return ".".join(keep) or None
 
 
 def _validation_message(errors: list[dict]) -> str:
@@ -145,12 +182,15 @@ def create_app(owl, settings: ServerSettings | None = None, scheduler: Scheduler
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return _error(400, _validation_message(exc.errors()))
+        errors = exc.errors()
+        code = "invalid_json" if errors and errors[0].get("type") == "json_invalid" else "invalid_value"
+        return _error(400, _validation_message(errors), param=_validation_param(errors), code=code)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
-        return _error(exc.status_code, message, headers=getattr(exc, "headers", None))
+        return _error(exc.status_code, message, code=STATUS_CODES.get(exc.status_code),
+                      headers=getattr(exc, "headers", None))
 
     @app.get("/health")
     async def health():

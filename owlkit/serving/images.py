@@ -70,7 +70,7 @@ def resolve_local(url: str, image_dir: Path | None) -> Path:
     if image_dir is None:
         raise _bad("local image paths are disabled; send data: URLs (or start the server with --image-dir)")
     text = url
-    if text.startswith("file:"):
+    if text[:5].lower() == "file:":
         split = urlsplit(text)
         if split.netloc not in ("", "localhost"):
             raise _bad("file: URLs must name a local file (file:///path)")
@@ -86,7 +86,11 @@ def resolve_local(url: str, image_dir: Path | None) -> Path:
         raise _bad("the image path cannot be resolved") from None
     if real != root and root not in real.parents:
         raise ApiError(403, "the image path is outside the server's image folder", param="messages", code="path_not_allowed")
-    if not real.is_file():
+    try:
+        found = real.is_file()
+    except OSError as exc:  # a name too long for the file system, ...
+        raise _bad(f"the image path cannot be used ({exc.strerror or type(exc).__name__})") from None
+    if not found:
         raise _bad(f"no image file at {_short(text)!r} in the server's image folder")
     return real
 

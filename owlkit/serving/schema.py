@@ -1,7 +1,9 @@
 """Request bodies of the OpenAI chat API, as far as this server implements it (pydantic v2).
 
 Unknown fields are ignored (clients send many optional ones); fields we know are checked for
-type and range, so a bad value is a 400 naming the field, never a 500.
+type and range, so a bad value is a 400 naming the field, never a 500. Types are strict, as
+JSON gives them: ``"max_tokens": "5"`` or ``true`` and ``"stream": "yes"`` are refused, never
+coerced (an integer is accepted where a number is expected).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ _FLOAT = dict(allow_inf_nan=False)
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class ImageURL(_Model):

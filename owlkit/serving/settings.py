@@ -21,6 +21,7 @@ class Limits:
     max_stop: int = 4  # stop strings per request (as OpenAI)
     max_stop_chars: int = 64  # characters per stop string
     remote_timeout_s: float = 10.0  # one remote image download, connect to last byte
+    body_timeout_s: float = 10.0  # the whole request body, from the headers to its last byte (408 after)
     max_queue: int = 256  # requests waiting for the model; more get 429
 
 

@@ -2,9 +2,12 @@
 
 Upload one or more images, chat over several turns with the answer streamed, set the
 generation controls, clear the chat or regenerate the last answer; the images in
-``owlkit/assets/examples/`` (when that folder exists) are offered as one-click examples. Work
-goes through the same :class:`~owlkit.serving.scheduler.Scheduler` as the API, so web users
-and API clients are batched together and under the same limits.
+``owlkit/assets/examples/`` (when that folder exists) are offered as one-click examples, with
+the questions of its ``questions.json`` (the bundled model answers those). Work goes through the
+same :class:`~owlkit.serving.scheduler.Scheduler` as the API, so web users and API clients are
+batched together and under the same limits. A rejected turn (a bad image, a full queue) is taken
+back out of the chat with a warning, so the next question is not rejected for it again.
+Uploads are deleted from Gradio's cache folder an hour after they arrive.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from owlkit.serving.scheduler import QueueFull, Scheduler, SchedulerClosed
 from owlkit.serving.settings import ServerSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-EXAMPLE_QUESTION = "What is in this image?"
+EXAMPLE_QUESTION = "What is in this image?"  # for example images that questions.json does not cover
 TITLE = "owlkit: chat about images"
+UPLOAD_MAX_AGE_S = 3600  # uploads older than this are deleted (checked as often)
 
 
 def examples_dir() -> Path:
@@ -36,6 +40,39 @@ def example_images(folder: Path | None) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())[:12]
+
+
+def example_prompts(folder: Path | None) -> list[tuple[Path, str]]:
+    """(image, question) pairs for the one-click examples: ``questions.json``'s, else a generic one."""
+    import json
+
+    images = example_images(folder)
+    folder = examples_dir() if folder is None else Path(folder)
+    questions: dict[str, str] = {}
+    try:
+        for item in json.loads((folder / "questions.json").read_text(encoding="utf-8")):
+            questions.setdefault(str(item["image"]), str(item["question"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no (readable) questions file: the generic question
+    return [(p, questions.get(p.name, EXAMPLE_QUESTION)) for p in images]
+
+
+def parse_seed(text) -> int | None:
+    """The seed box: empty means a random seed; anything else must be a whole number."""
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ApiError(400, f"the seed must be a whole number or empty (random), got {str(text)[:20]!r}") from None
+
+
+def drop_unanswered(history: list) -> list:
+    """``history`` without the user entries after the last answer (the turn being rejected)."""
+    history = list(history)
+    while history and history[-1].get("role") == "user":
+        history.pop()
+    return history
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
@@ -87,10 +124,10 @@ def build_demo(owl, scheduler: Scheduler, settings: ServerSettings):
     import gradio as gr
 
     limits = settings.limits
-    examples = example_images(settings.examples_dir)
+    examples = example_prompts(settings.examples_dir)
     roots = [Path(os.path.realpath(gr.utils.get_upload_folder()))]
     if examples:
-        roots.append(Path(os.path.realpath(examples[0].parent)))
+        roots.append(Path(os.path.realpath(examples[0][0].parent)))
 
     def add_message(history: list, message: dict):
         history = list(history or [])
@@ -112,12 +149,12 @@ def build_demo(owl, scheduler: Scheduler, settings: ServerSettings):
             conversation = await asyncio.to_thread(conversation_from_history, history, roots, settings)
             job = await asyncio.to_thread(
                 build_job, owl, conversation, limits=limits, max_tokens=int(max_tokens), temperature=float(temperature),
-                top_p=float(top_p), seed=None if seed in (None, "") else int(seed),
+                top_p=float(top_p), seed=parse_seed(seed),
             )
             scheduler.submit(job)
         except (ApiError, QueueFull, SchedulerClosed) as exc:
             gr.Warning(getattr(exc, "message", str(exc)))
-            yield history
+            yield drop_unanswered(history)  # else every later question would be rejected for it again
             return
         history.append({"role": "assistant", "content": ""})
         text = ""
@@ -143,7 +180,7 @@ def build_demo(owl, scheduler: Scheduler, settings: ServerSettings):
             history.pop()
         return history
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(UPLOAD_MAX_AGE_S, UPLOAD_MAX_AGE_S)) as demo:
         gr.Markdown(f"## {TITLE}\nModel: `{settings.model_name}`. Upload images (PNG, JPEG, WebP), ask, and "
                     "follow up; the answer streams in.")
         chatbot = gr.Chatbot(elem_id="owl-chat", label="Chat", height=440, buttons=["copy"])
@@ -159,9 +196,10 @@ def build_demo(owl, scheduler: Scheduler, settings: ServerSettings):
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
             max_tokens = gr.Slider(1, limits.max_tokens, value=min(128, limits.max_tokens), step=1,
                                    label="Max new tokens")
-            seed = gr.Number(value=None, precision=0, label="Seed (sampling only; empty = random)")
+            seed = gr.Textbox(value="", elem_id="owl-seed", label="Seed (sampling only; empty = random)",
+                              placeholder="empty = random")
         if examples:
-            gr.Examples(examples=[[{"text": EXAMPLE_QUESTION, "files": [str(p)]}] for p in examples],
+            gr.Examples(examples=[[{"text": question, "files": [str(p)]}] for p, question in examples],
                         inputs=[box], label="Example images")
         controls = [chatbot, temperature, top_p, max_tokens, seed]
         box.submit(add_message, [chatbot, box], [chatbot, box], queue=False).then(

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from owlkit import outputs
 from owlkit.errors import OwlError
 
 CHECKPOINTS = "checkpoints"
@@ -130,8 +131,8 @@ WRITE_ERRORS = _write_errors()
 
 def os_reason(exc: BaseException) -> str:
     """A write error in a few words: ``No space left on device``, ``File too large``, ..."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, OSError):
+        return outputs.os_reason(exc)
     text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return text[:200]
 

@@ -28,6 +28,7 @@ import torch
 
 from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from owlkit.errors import ConfigError, OwlError
+from owlkit.training.recipe import check_source_keys
 
 RANDOM = "random"
 
@@ -114,18 +115,8 @@ def tensor_collate(records: list[dict], pad_id: int = 0, max_length: int | None 
     }
 
 
-_RANDOM_KEYS = {"type", "num_samples", "text_tokens", "images_per_sample", "fixed_length", "answer_fraction", "seed"}
-
-
 def _random_source(spec: dict, model_config, seed: int, max_length: int) -> BatchSource:
-    unknown = set(spec) - _RANDOM_KEYS
-    if unknown:
-        import difflib
-
-        key = sorted(unknown)[0]
-        near = difflib.get_close_matches(key, sorted(_RANDOM_KEYS), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(sorted(_RANDOM_KEYS))}"
-        raise ConfigError(f"unknown key {key!r} in a 'random' data source{hint}")
+    check_source_keys(spec)
     text = model_config.text_config
     dataset = RandomDataset(
         num_samples=int(spec.get("num_samples", 256)),

@@ -26,6 +26,8 @@ from torch import nn
 
 from owlkit.config import IGNORE_INDEX
 from owlkit.errors import ConfigError, OwlError
+from owlkit.outputs import writable_folder
+from owlkit.checkpoints import quiet_saving
 from owlkit.training import checkpoint as ckpt
 from owlkit.training import distributed as D
 from owlkit.training.data import (
@@ -38,7 +40,7 @@ from owlkit.training.data import (
 )
 from owlkit.training.lora import ADAPTER_DIR, apply_lora, load_adapter_state
 from owlkit.training.metrics import MetricsLogger
-from owlkit.training.optim import build_optimizer, build_scheduler
+from owlkit.training.optim import build_optimizer, build_scheduler, warmup_steps
 from owlkit.training.params import apply_stage, param_groups, parameter_table
 from owlkit.training.recipe import Recipe, dump_recipe, load_recipe
 
@@ -217,20 +219,6 @@ def _say(info: D.DistInfo, text: str) -> None:
             print(text, flush=True)
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No "Writing model shards" bar inside the training output."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
-
-
 def _side_files(recipe: Recipe, out: Path) -> None:
     from owlkit.checkpoints import _copy_side_files
 
@@ -296,14 +284,7 @@ class _Run:
             torch.set_num_threads(int(t["threads"]))
         self.mode = D.resolve_mode(t["distributed"], info)
         if info.is_main:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-                probe = self.out / ".owlkit-write-test"
-                probe.write_text("")
-                probe.unlink()
-            except OSError as exc:
-                raise ConfigError(f"output_dir {self.out} cannot be created or written ({ckpt.os_reason(exc)}); "
-                                  "choose another output_dir") from None
+            writable_folder(self.out, "output_dir")
         D.barrier(info)
         self.start_ckpt = self._resume_point()
         if info.is_main:
@@ -327,7 +308,7 @@ class _Run:
                 if info.is_main and not (self.base_dir / "config.json").exists():
                     from owlkit.checkpoints import save_model
 
-                    with _quiet_transformers():
+                    with quiet_saving():
                         save_model(model, self.base_dir)
                     _side_files(r, self.base_dir)
             model = apply_lora(model, self.lora, self.base_dir)
@@ -369,6 +350,10 @@ class _Run:
         self.trainable = [p for g in self.groups for p in g["params"]]
         self.optimizer = build_optimizer(self.groups, r["optim"])
         self.scheduler = build_scheduler(self.optimizer, r["optim"], self.total)
+        warm = warmup_steps(r["optim"], self.total)
+        if warm > self.total:
+            _say(info, f"warning: the warmup ({warm} steps) is longer than the run ({self.total} steps): the learning "
+                       f"rate never reaches optim.lr; shorten optim.warmup_steps")
         self.peak_group = next((i for i, g in enumerate(self.groups) if g["lr_scale"] == 1.0), 0)
         if state is not None:
             self._load_optimizer(self.start_ckpt)
@@ -440,7 +425,7 @@ class _Run:
 
     def _save_weights(self, folder: Path, full_state: dict | None, final: bool = False) -> None:
         """Main rank: weights as an owlkit folder, or the adapter for LoRA runs."""
-        with _quiet_transformers():
+        with quiet_saving():
             self._save_weights_now(folder, full_state, final)
 
     def _save_weights_now(self, folder: Path, full_state: dict | None, final: bool) -> None:
@@ -521,7 +506,7 @@ class _Run:
                     adapter_tmp = adapter_dir.with_name(ADAPTER_DIR + ".tmp")
                     shutil.rmtree(adapter_tmp, ignore_errors=True)
                     self._save_weights(adapter_tmp, full, final=True)
-                    with _quiet_transformers():
+                    with quiet_saving():
                         merge_lora(adapter_tmp, final_tmp, base=self.base_dir)
                     ckpt.replace_folder(adapter_tmp, adapter_dir)
                 else:

@@ -95,6 +95,24 @@ LORA_DEFAULTS: dict[str, Any] = {
     "modules_to_save": ["abstractor"],  # whole modules trained next to the adapters
 }
 
+#: The keys of a ``random`` data source (random tensors for tests and benchmarks).
+RANDOM_SOURCE_KEYS = ("type", "num_samples", "text_tokens", "images_per_sample", "fixed_length", "answer_fraction", "seed")
+
+
+def check_source_keys(source: dict) -> None:
+    """An unknown key in one ``data.sources`` entry is an error naming the nearest valid key."""
+    from owlkit.data.records import SOURCE_KEYS
+
+    valid = RANDOM_SOURCE_KEYS if source.get("type") == "random" else SOURCE_KEYS
+    unknown = sorted(set(source) - set(valid))
+    if unknown:
+        key = unknown[0]
+        near = difflib.get_close_matches(key, list(valid), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else f"; valid: {', '.join(valid)}"
+        kind = f"a {source['type']!r} data source" if source.get("type") else "a data source"
+        raise ConfigError(f"unknown key {key!r} in {kind}{hint}")
+
+
 #: Keys whose value is a free-form mapping or list (no key checking below them here).
 _FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train", "freeze", "optim.lr_scales"}
 
@@ -360,6 +378,14 @@ def validate(recipe: Recipe) -> Recipe:
     sources = recipe["data"]["sources"]
     if not isinstance(sources, list) or not sources or not all(isinstance(s, dict) and s.get("type") for s in sources):
         raise ConfigError("data.sources must be a non-empty list of mappings, each with a 'type' (llava, captions, random, ...)")
+    for source in sources:
+        check_source_keys(source)
+        weight = source.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"data source {source.get('path')}: 'weight' must be a number >= 0 (0 drops the source), "
+                              f"got {weight!r}")
+    if all(source.get("weight", 1) == 0 for source in sources):
+        raise ConfigError("every data source has weight 0; nothing would be read")
     if not isinstance(recipe["output_dir"], str) or not recipe["output_dir"]:
         raise ConfigError("output_dir must be a folder path")
     lora = recipe["lora"]
