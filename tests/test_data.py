@@ -683,3 +683,10 @@ def test_a_non_utf8_byte_is_reported_on_its_line_and_can_be_skipped(tmp_path, la
     ds = build_dataset([{"type": "llava", "path": str(path), "on_error": "skip"}], seed=0)
     assert len(ds) == 2 and "skipped 1 malformed row" in caplog.text
     assert build_dataset([{"path": str(path), "on_error": "skip"}], seed=0).names  # type still detected
+
+
+def test_a_turn_without_value_is_named_as_such(tmp_path):
+    rows = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "text": "a"}]}]
+    path = _write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(InputError, match=r"d\.jsonl:1: turn 2 \(gpt\) has no 'value' field"):
+        build_dataset([{"type": "llava", "path": str(path)}], seed=0)

@@ -175,3 +175,22 @@ def test_web_demo_upload_ask_stream_regenerate_clear_example(browser, server, tm
         Path(artefacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "web-demo.png", Path(artefacts) / "web-demo.png")
     print(f"screenshot: {tmp_path / 'web-demo.png'}")
+
+
+def test_demo_helpers_seed_rejected_turns_examples_and_upload_cleanup(tmp_path):
+    """Without a browser: the seed box's rule, taking a rejected turn back, questions.json's
+    questions for the examples, and Gradio's cache cleanup of uploads."""
+    from owlkit.serving.errors import ApiError
+    from owlkit.serving.web import EXAMPLE_QUESTION, UPLOAD_MAX_AGE_S, drop_unanswered, example_prompts, parse_seed
+
+    assert parse_seed("") is None and parse_seed(None) is None and parse_seed(" 7 ") == 7
+    with pytest.raises(ApiError, match="whole number"):
+        parse_seed("seven")
+    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+               {"role": "user", "content": {"path": "x.png"}}, {"role": "user", "content": "what"}]
+    assert drop_unanswered(history) == history[:2]
+    (tmp_path / "a.png").write_bytes(png_bytes())
+    (tmp_path / "b.png").write_bytes(png_bytes())
+    (tmp_path / "questions.json").write_text('[{"image": "a.png", "question": "What colour?"}]')
+    assert [(p.name, q) for p, q in example_prompts(tmp_path)] == [("a.png", "What colour?"), ("b.png", EXAMPLE_QUESTION)]
+    assert UPLOAD_MAX_AGE_S <= 3600

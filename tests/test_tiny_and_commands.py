@@ -32,6 +32,17 @@ def test_owl_demo_answers_the_example_scenes(tmp_path, capsys):
     for item in examples:
         assert f"[{item['image']}] {item['question']}" in out
     assert "[photo.jpg] Describe the image." in out and "example answers correct" in out
+    from owlkit.checkpoints import load_model
+
+    n = sum(p.numel() for p in load_model(bundled_model_path()).parameters())  # before any CPU repacking
+    assert f"{n / 1e6:.1f}M parameters" in out
+
+
+def test_saving_commands_print_no_transformers_progress_bar(tmp_path, capsys):
+    make_model_folder(tmp_path / "m", "test-owl2", seed=1)
+    capsys.readouterr()
+    assert owl(["convert", str(tmp_path / "m"), str(tmp_path / "c")]) == 0
+    assert "Writing model shards" not in capsys.readouterr().err
 
 
 def test_tiny_text_corpus_and_mam_init(tmp_path):

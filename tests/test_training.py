@@ -557,6 +557,40 @@ def test_a_run_with_nothing_to_learn_stops_with_the_reason(tmp_path, capsys):
     assert err.count("\n") == 0 and "missing or unreadable image" in err and "Traceback" not in err
 
 
+def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
+    from owlkit.training import train
+
+    train(tiny(tmp_path / "w", optim__warmup_steps=10))
+    assert "the warmup (10 steps) is longer than the run (4 steps)" in capsys.readouterr().out
+    train(tiny(tmp_path / "ok", optim__warmup_steps=4))
+    assert "is longer than the run" not in capsys.readouterr().out
+
+
+def test_data_source_keys_are_checked_by_print_recipe(capsys):
+    from owlkit.cli import main as owl
+
+    assert owl(["train", "recipes/smoke.yaml", "data.sources.0.num_sample=3", "--print-recipe"]) == 2
+    assert "unknown key 'num_sample' in a 'random' data source; did you mean 'num_samples'?" in capsys.readouterr().err
+    header = ["train", "owl2_stage2", "model.init=runs/x", "data.sources.0.path=a.json", "data.sources.0.wieght=2"]
+    assert owl([*header, "--print-recipe"]) == 2
+    assert "unknown key 'wieght' in a 'llava' data source; did you mean 'weight'?" in capsys.readouterr().err
+    assert owl([*header[:-1], "data.sources.1.weight=-1", "--print-recipe"]) == 2
+    assert "'weight' must be a number >= 0" in capsys.readouterr().err
+
+
+def test_a_weight_0_source_is_not_read(tmp_path, capsys):
+    """The owl2_stage2 header command without text-only data: data.sources.1.weight=0 drops it."""
+    from owlkit.data.datasets import build_dataset
+    from owlkit.training.recipe import load_recipe
+
+    world, _ = _world_and_model(tmp_path, n=4, n_instruct=4)
+    recipe = load_recipe("owl2_stage2", ["model.init=runs/x", f"data.sources.0.path={world / 'instruct.json'}",
+                                         f"data.sources.0.image_root={world}", "data.sources.1.weight=0"])
+    assert recipe["data"]["sources"][1]["path"] == "data/sharegpt.json"  # does not exist here
+    dataset = build_dataset(recipe["data"]["sources"], seed=0)
+    assert len(dataset) == 4 and "weight 0: not read" in dataset.summary()
+
+
 def test_starting_over_an_existing_run_needs_resume(tmp_path):
     from owlkit.training import train
 
