@@ -31,13 +31,13 @@ import torch
 
 from owlkit.config import OwlAbstractorConfig, OwlConfig, OwlVisionConfig
 from owlkit.errors import CheckpointError
+from owlkit.weight_files import TensorInfo, find_weights, read_json, read_state_dict, stream_tensors, weight_index
 
 OFFICIAL_V2 = "mplug_owl2"
 OFFICIAL_V1 = "mplug-owl"
 OWLKIT = "owlkit"
 FORMATS = {OFFICIAL_V2: "official mPLUG-Owl2", OFFICIAL_V1: "official mPLUG-Owl", OWLKIT: "owlkit"}
 
-_WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,56 +279,7 @@ def config_to_official(config: OwlConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def _read_one(file: Path) -> dict[str, torch.Tensor]:
-    if not file.exists():
-        raise CheckpointError(f"weight file {file} is missing (named by the index); the download is incomplete")
-    if file.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(file))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{file} is truncated or corrupt ({str(exc).splitlines()[0]}); re-download it") from None
-    try:
-        return torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises many types for corrupt archives / forbidden pickles
-        reason = str(exc).splitlines()[0][:200]
-        raise CheckpointError(
-            f"{file} cannot be read as a weights-only PyTorch checkpoint ({reason}); re-download it or convert it to safetensors"
-        ) from None
-
-
-def find_weights(folder: Path) -> list[Path]:
-    """The weight files of a folder, in the preferred format (safetensors first)."""
-    for name in _WEIGHT_FILES:
-        path = folder / name
-        if path.exists():
-            if name.endswith(".index.json"):
-                index = _read_json(path)
-                if "weight_map" not in index:
-                    raise CheckpointError(f"{path} has no 'weight_map'; it is not a sharded-checkpoint index")
-                return [folder / f for f in sorted(set(index["weight_map"].values()))]
-            return [path]
-    raise CheckpointError(
-        f"no weights in {folder}: expected model.safetensors, pytorch_model.bin or a sharded *.index.json"
-    )
-
-
-def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for file in find_weights(folder):
-        state.update(_read_one(file))
-    return state
+_read_json = read_json
 
 
 def detect_format(folder: str | Path) -> str:
@@ -365,93 +316,58 @@ def carried_names(config: OwlConfig) -> dict[str, str]:
     }
 
 
-def _check_buffers(state: dict[str, torch.Tensor], config: OwlConfig, folder: Path) -> dict[str, torch.Tensor]:
-    """Pop the official buffers from ``state`` after checking them; the carried tables, renamed."""
-    official_to_ours = {theirs: ours for ours, theirs in carried_names(config).items()}
-    carried = {}
-    for name, expected in official_buffers(config).items():
-        got = state.pop(name, None)
-        if got is None:
-            continue  # third-party conversions may lack them; they are recomputed then
-        if got.shape != expected.shape or not torch.allclose(got.float(), expected, atol=1e-3, rtol=1e-3):
-            raise CheckpointError(
-                f"{name} in {folder} differs from the deterministic table this config implies; "
-                "the config does not match the weights"
-            )
-        if name in official_to_ours:
-            carried[official_to_ours[name]] = got
-    return carried
+def _check_table(name: str, got: torch.Tensor, expected: torch.Tensor, folder: Path) -> None:
+    if tuple(got.shape) != tuple(expected.shape) or not torch.allclose(got.float(), expected, atol=1e-3, rtol=1e-3):
+        raise CheckpointError(
+            f"{name} in {folder} differs from the deterministic table this config implies; "
+            "the config does not match the weights"
+        )
 
 
-def _pop_carried(state: dict[str, torch.Tensor], config: OwlConfig) -> dict[str, torch.Tensor]:
-    return {name: state.pop(name) for name in carried_names(config) if name in state}
-
-
-def _attach_carried(model, carried: dict[str, torch.Tensor]) -> None:
-    for name, tensor in carried.items():
-        module_name, _, buffer = name.rpartition(".")
-        setattr(model.get_submodule(module_name), buffer, tensor)
-
-
-def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None):
-    """Load an official mPLUG-Owl / mPLUG-Owl2 folder or an owlkit folder, exactly.
-
-    ``dtype=None`` keeps float32 on CPU and the stored dtype elsewhere; ``device`` defaults to CPU.
-    """
-    from owlkit import registry  # noqa: F401  (Auto classes)
-    from owlkit.models.owl import OwlForCausalLM
-
-    folder = Path(path)
-    kind = detect_format(folder)
+def read_config(folder: Path, kind: str) -> OwlConfig:
     raw = _read_json(folder / "config.json")
-    if kind == OWLKIT:
-        try:
-            config = OwlConfig(**{k: v for k, v in raw.items() if k != "model_type"})
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{folder / 'config.json'} is not a valid owlkit config: {exc}") from None
-    else:
-        config = config_from_official(raw)
-    state = read_state_dict(folder)
     if kind != OWLKIT:
-        state = _from_official(state, config, folder)
-    model = _instantiate(OwlForCausalLM, config, state, folder)
-    _set_generation_config(model, folder, kind)
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    device = torch.device(device or "cpu")
-    if dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else next(iter(state.values())).dtype
-    return model.to(device=device, dtype=dtype).eval()
+        return config_from_official(raw)
+    try:
+        return OwlConfig(**{k: v for k, v in raw.items() if k != "model_type"})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'config.json'} is not a valid owlkit config: {exc}") from None
 
 
-def _from_official(state: dict[str, torch.Tensor], config: OwlConfig, folder: Path) -> dict[str, torch.Tensor]:
-    carried = _check_buffers(state, config, folder)
-    table = official_names(config)
-    inverse = {official: ours for ours, official in table.items()}
-    missing = [official for official in inverse if official not in state]
-    unexpected = [k for k in state if k not in inverse]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
-        raise CheckpointError(f"weights in {folder} do not match config.json: " + "; ".join(parts))
-    return {inverse[k]: v for k, v in state.items()} | carried
+def _plan(index: dict[str, TensorInfo], config: OwlConfig, kind: str, expected: dict[str, torch.Size],
+          folder: Path) -> dict[str, str | None]:
+    """File tensor name -> model name (None: a deterministic buffer that is only checked).
 
-
-def _instantiate(cls, config: OwlConfig, state: dict[str, torch.Tensor], folder: Path):
-    carried = _pop_carried(state, config)
-    with torch.device("meta"):
-        model = cls(config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [
-        f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}"
-        for k in expected
-        if k in state and state[k].shape != expected[k].shape
-    ]
+    Every check that needs no tensor data happens here, before anything is read: official
+    names, missing and unexpected tensors, shapes.
+    """
+    carried = carried_names(config)
+    if kind == OWLKIT:
+        plan: dict[str, str | None] = {name: name for name in index}
+    else:
+        inverse = {official: ours for ours, official in official_names(config).items()}
+        inverse.update({official: ours for ours, official in carried.items()})
+        buffers = official_buffers(config)
+        missing = [official for official in inverse if official not in index and official not in
+                   {carried[o] for o in carried}]
+        unexpected = [k for k in index if k not in inverse and k not in buffers]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
+            if unexpected:
+                parts.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
+            raise CheckpointError(f"weights in {folder} do not match config.json: " + "; ".join(parts))
+        plan = {name: inverse.get(name) for name in index}
+        for name, table in buffers.items():  # shapes of the deterministic tables, before reading
+            if name in index and index[name].shape != tuple(table.shape):
+                raise CheckpointError(f"{name} in {folder} has shape {list(index[name].shape)}, the config implies "
+                                      f"{list(table.shape)}; the config does not match the weights")
+    shapes = {ours: index[name].shape for name, ours in plan.items() if ours is not None and ours not in carried}
+    missing = [k for k in expected if k not in shapes]
+    unexpected = [k for k in shapes if k not in expected]
+    wrong = [f"{k} {list(shapes[k])} vs {list(expected[k])}" for k in expected
+             if k in shapes and tuple(shapes[k]) != tuple(expected[k])]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -461,13 +377,118 @@ def _instantiate(cls, config: OwlConfig, state: dict[str, torch.Tensor], folder:
         if wrong:
             parts.append(f"{len(wrong)} tensor(s) of the wrong shape (file vs config): {_summarise(wrong, 3)}")
         raise CheckpointError(f"weights in {folder} do not match its config: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True, assign=True)
-    _attach_carried(model, carried)
+    return plan
+
+
+def _assign(model, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in the (meta) model as its parameter or buffer ``name``."""
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    if attr in module._parameters:
+        module._parameters[attr] = torch.nn.Parameter(tensor, requires_grad=module._parameters[attr].requires_grad)
+    else:
+        module._buffers[attr] = tensor
+
+
+def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
+               *, device_map: str | dict | None = None, max_memory: int | str | None = None):
+    """Load an official mPLUG-Owl / mPLUG-Owl2 folder or an owlkit folder, exactly.
+
+    ``dtype=None`` follows :mod:`owlkit.memory`'s rule (CPU: float32 when it fits comfortably,
+    else bfloat16; a GPU: the stored dtype); a dtype that cannot fit is refused before anything
+    is read. ``device`` (default CPU) receives each tensor as it is read, so nothing of the
+    model's size is ever held twice (a GPU load keeps no CPU copy). ``device_map="auto"`` (or
+    a dict of module prefixes to devices) spreads the layers over the GPUs and the CPU with
+    accelerate, as transformers does. ``max_memory`` caps the memory the model may use (bytes
+    or ``"8GB"``; also ``OWLKIT_MAX_MEMORY``).
+    """
+    from owlkit.memory import choose_dtype, parse_dtype
+    from owlkit.models.owl import OwlForCausalLM
+
+    folder = Path(path)
+    kind = detect_format(folder)
+    config = read_config(folder, kind)
+    index = weight_index(folder)
+    with torch.device("meta"):
+        model = OwlForCausalLM(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    plan = _plan(index, config, kind, expected, folder)
+    if device_map is not None and not isinstance(device_map, dict) and str(device_map) != "auto":
+        device, device_map = device_map, None  # transformers-style device_map="cuda:0": one device
+    try:
+        device = torch.device(device or "cpu")
+    except RuntimeError:
+        raise CheckpointError(f"unknown device {device!r}; use cpu, cuda, cuda:N (or device_map='auto')") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"device {device} was asked for but this machine has no usable CUDA GPU; use cpu")
+    floats = [info.dtype for info in index.values() if info.dtype.is_floating_point]
+    stored = max(set(floats), key=floats.count) if floats else torch.float32
+    num_params = sum(p.numel() for p in model.parameters())
+    requested = parse_dtype(dtype)
+    if device_map is None:
+        dtype = choose_dtype(num_params, stored, device, requested, max_memory, what=str(folder))
+    else:
+        dtype = requested or (stored if torch.cuda.is_available() else torch.float32)
+    model = model.to(dtype)
+    place = _placement(model, device_map, device, dtype, max_memory)
+    buffers = official_buffers(config) if kind != OWLKIT else {}
+    for name, tensor, mapped in stream_tensors(index):
+        ours = plan[name]
+        if name in buffers:
+            _check_table(name, tensor, buffers[name], folder)
+        if ours is None:
+            continue
+        target = dtype if tensor.is_floating_point() else tensor.dtype
+        moved = tensor.to(device=place(ours), dtype=target)
+        if mapped and moved.device.type == "cpu" and moved.data_ptr() == tensor.data_ptr():
+            moved = moved.clone()  # own memory: the file's pages are handed back next
+        _assign(model, ours, moved)
     # Non-persistent buffers were created on the meta device: rebuild them for real.
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    model.language_model.rotary_emb = LlamaRotaryEmbedding(config.text_config)
-    return model
+    model.language_model.rotary_emb = LlamaRotaryEmbedding(config.text_config).to(place("language_model.rotary_emb"))
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+    if left:  # every tensor of the model must come from the file (never a random fill)
+        raise CheckpointError(f"weights in {folder} left {len(left)} tensor(s) unset: {_summarise(left)}")
+    _set_generation_config(model, folder, kind)
+    if device_map is not None:
+        from accelerate import dispatch_model
+
+        model = dispatch_model(model, device_map=place.device_map)
+    return model.eval()
+
+
+def _placement(model, device_map, device: torch.device, dtype: torch.dtype, max_memory):
+    """name -> device for each tensor; with a device map, the longest matching module prefix."""
+    if device_map is None:
+        def place(name: str) -> torch.device:
+            return device
+
+        place.device_map = None
+        return place
+    try:
+        from accelerate import infer_auto_device_map
+    except ImportError:
+        raise CheckpointError("device_map needs the accelerate package: pip install accelerate") from None
+    if device_map == "auto":
+        device_map = infer_auto_device_map(
+            model, max_memory=max_memory if isinstance(max_memory, dict) else None, dtype=dtype,
+            no_split_module_classes=["DecoderLayer", "VisionLayer", "AbstractorLayer"],
+        )
+    if "disk" in set(map(str, device_map.values())):
+        raise CheckpointError("the model does not fit in the GPUs and the CPU together (device_map wants disk "
+                              "offloading, which owlkit does not do); free memory or use a smaller dtype")
+    prefixes = sorted(device_map, key=len, reverse=True)
+
+    def place(name: str) -> torch.device:
+        for prefix in prefixes:
+            if prefix == "" or name == prefix or name.startswith(prefix + "."):
+                value = device_map[prefix]
+                return torch.device(f"cuda:{value}" if isinstance(value, int) else value)
+        raise CheckpointError(f"device_map places no module holding {name}; give every module a device")
+
+    place.device_map = device_map
+    return place
 
 
 def _set_generation_config(model, folder: Path, kind: str) -> None:
@@ -528,11 +549,17 @@ def save_model(model, path: str | Path, format: str = "owlkit", max_shard_size: 
     return out
 
 
-def convert(src: str | Path, dst: str | Path, format: str = "owlkit") -> Path:
-    """Convert a model folder; tensors are copied bit for bit (dtype kept)."""
+def convert(src: str | Path, dst: str | Path, format: str = "owlkit", dtype: torch.dtype | str | None = None) -> Path:
+    """Convert a model folder; tensors are copied bit for bit (dtype kept unless ``dtype`` is given).
+
+    The model is read one tensor at a time (as :func:`load_model` does), so a conversion needs
+    about the model's size in memory, not twice it.
+    """
     src = Path(src)
-    first = next(iter(read_state_dict(src).values()))
-    model = load_model(src, dtype=first.dtype)
+    if dtype is None:
+        floats = [i.dtype for i in weight_index(src).values() if i.dtype.is_floating_point]
+        dtype = max(set(floats), key=floats.count) if floats else torch.float32
+    model = load_model(src, dtype=dtype)
     out = save_model(model, dst, format=format)
     _copy_side_files(src, out)
     return out

@@ -98,21 +98,27 @@ class Owl:
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @classmethod
-    def load(cls, path: str | Path | None = None, dtype=None, device=None) -> "Owl":
-        """Load a model folder (official or owlkit); without a path, the bundled model."""
+    def load(cls, path: str | Path | None = None, dtype=None, device=None, *, device_map=None,
+             max_memory=None) -> "Owl":
+        """Load a model folder (official or owlkit); without a path, the bundled model.
+
+        ``dtype``, ``device``, ``device_map`` and ``max_memory`` as :func:`owlkit.load_model`
+        (the default dtype: float32 on a CPU when it fits comfortably, else bfloat16).
+        """
         from owlkit.checkpoints import load_model
 
         if path is None:
             path = bundled_model_path()
             if not (path / "config.json").exists():
                 raise OwlError("no bundled model in this installation; pass a model folder (--model PATH)")
-        model = load_model(path, dtype=dtype, device=device)
         tokenizer_files = ("tokenizer.model", "tokenizer.json")
-        if not any((Path(path) / f).exists() for f in tokenizer_files):
+        if Path(path).is_dir() and not any((Path(path) / f).exists() for f in tokenizer_files):  # before a long load
             raise OwlError(f"{path} has no tokenizer (tokenizer.model or tokenizer.json); copy the release's tokenizer files there")
+        model = load_model(path, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
         processor = OwlProcessor.from_pretrained(path, config=model.config)
         owl = cls(model, processor)
-        if model.device.type == "cpu":
+        # The prepacked layout was measured for float32 on one CPU device only.
+        if model.device.type == "cpu" and model.dtype == torch.float32 and not getattr(model, "hf_device_map", None):
             model.optimize_for_cpu_decoding()
         return owl
 

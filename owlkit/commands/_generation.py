@@ -5,7 +5,15 @@ from __future__ import annotations
 
 def add_model_argument(parser) -> None:
     parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_load_arguments(parser)
+
+
+def add_load_arguments(parser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="torch device: cpu (default), cuda, cuda:1, or auto (spread over the GPUs and the CPU)")
+    parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="weights' dtype (default auto: on a CPU float32 when it fits comfortably, else bfloat16; "
+                             "on a GPU the checkpoint's own)")
 
 
 def add_generation_arguments(parser) -> None:
@@ -35,4 +43,15 @@ def generation_options(args) -> dict:
 def load_owl(args):
     from owlkit.inference import Owl
 
-    return Owl.load(args.model, device=args.device)
+    return Owl.load(args.model, **load_options(args))
+
+
+def load_options(args) -> dict:
+    """``Owl.load`` / ``load_model`` keyword arguments from ``--device`` and ``--dtype``."""
+    device = getattr(args, "device", None)
+    options = {"dtype": getattr(args, "dtype", None)}
+    if device == "auto":
+        options["device_map"] = "auto"
+    else:
+        options["device"] = device
+    return options

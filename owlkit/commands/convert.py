@@ -1,4 +1,4 @@
-"""``owl convert SRC DST [--format owlkit|official]``."""
+"""``owl convert SRC DST [--format owlkit|official] [--dtype D]``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("dst", help="output folder (must not exist or be empty)")
     parser.add_argument("--format", choices=["owlkit", "official"], default="owlkit",
                         help="layout of the output (default: owlkit)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="store the weights in this dtype (default: as stored in SRC, bit for bit)")
 
 
 def run(args) -> int:
@@ -21,6 +23,6 @@ def run(args) -> int:
     if dst.exists() and any(dst.iterdir()):
         raise OwlError(f"{dst} exists and is not empty; choose a new output folder")
     kind = detect_format(args.src)
-    out = convert(args.src, dst, format=args.format)
+    out = convert(args.src, dst, format=args.format, dtype=args.dtype)
     print(f"converted {args.src} ({FORMATS[kind]}) -> {out} ({args.format})")
     return 0

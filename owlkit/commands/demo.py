@@ -13,12 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from owlkit.commands._generation import add_load_arguments, load_options
 from owlkit.errors import OwlError
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="extra images to ask about")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
+    add_load_arguments(parser)
     parser.add_argument("--question", default="Describe the image.", help="question for the extra images")
     parser.add_argument("--max-new-tokens", type=int, default=32)
 
@@ -62,7 +64,7 @@ def run(args) -> int:
             path.mkdir()
             _random_model_folder(path)
         start = time.perf_counter()
-        owl = Owl.load(path)
+        owl = Owl.load(path, **load_options(args))
         cfg = owl.model.config
         print(f"model: {path or bundled_model_path()} (mPLUG-Owl{'2' if cfg.owl_version == 2 else ''}, "
               f"{owl.num_parameters / 1e6:.1f}M parameters, "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from owlkit.commands._generation import add_load_arguments
 from owlkit.errors import InputError
 from owlkit.outputs import writable_folder
 
@@ -31,7 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("task", help=f"one of {', '.join(TASKS)}; or 'compare' followed by run folders")
     parser.add_argument("runs", nargs="*", help="(compare) run folders written by owl eval")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
-    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    add_load_arguments(parser)
     parser.add_argument("--data", help="the benchmark's data folder or file, in its official layout")
     parser.add_argument("--output", help="run folder (results.json, predictions, submission files)")
     parser.add_argument("--limit", type=int, default=None,

@@ -1,4 +1,7 @@
-"""``owl info MODEL``: what a model folder holds."""
+"""``owl info MODEL``: what a model folder holds, and the memory it needs per dtype.
+
+Nothing of the weights is read (the headers only), so it answers at once even for a 7B model.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +12,26 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from collections import Counter
+    from pathlib import Path
 
-    from owlkit.checkpoints import FORMATS, detect_format, load_model
+    import torch
 
-    kind = detect_format(args.model)
-    model = load_model(args.model)
-    cfg = model.config
+    from owlkit.checkpoints import FORMATS, detect_format, read_config
+    from owlkit.memory import COMFORTABLE, available_bytes, gb, needed_bytes
+    from owlkit.models.owl import OwlForCausalLM
+    from owlkit.weight_files import weight_index
+
+    folder = Path(args.model)
+    kind = detect_format(folder)
+    cfg = read_config(folder, kind)
+    index = weight_index(folder)
+    with torch.device("meta"):
+        model = OwlForCausalLM(cfg)
     counts = Counter()
     for name, p in model.named_parameters():
         counts[name.split(".")[0]] += p.numel()
+    total = sum(counts.values())
+    stored = Counter(str(i.dtype).removeprefix("torch.") for i in index.values())
     print(f"format: {FORMATS[kind]}  (mPLUG-Owl{'2' if cfg.owl_version == 2 else ''} architecture)")
     v, a, t = cfg.vision_config, cfg.abstractor_config, cfg.text_config
     print(f"vision: {v.num_hidden_layers} layers x {v.hidden_size}, {v.image_size}px / patch {v.patch_size}")
@@ -26,5 +40,16 @@ def run(args) -> int:
           f"vocab {t.vocab_size}, modality-adaptive {cfg.modality_adaptive}")
     for name, n in counts.items():
         print(f"  {name:<15} {n:>14,d} parameters")
-    print(f"  {'total':<15} {sum(counts.values()):>14,d} parameters")
+    print(f"  {'total':<15} {total:>14,d} parameters")
+    files = sorted({i.file for i in index.values()})
+    print(f"weights: {len(files)} file(s), {gb(sum(f.stat().st_size for f in files))}, stored as "
+          + ", ".join(f"{d} ({n} tensors)" for d, n in stored.most_common()))
+    available = available_bytes("cpu")
+    print(f"memory to run it (this machine has {gb(available) if available is not None else 'an unknown amount'} available):")
+    for dtype in (torch.float32, torch.bfloat16):
+        need = needed_bytes(total, dtype)
+        verdict = "" if available is None else (
+            "  fits comfortably (the CPU default)" if dtype == torch.float32 and need <= COMFORTABLE * available
+            else "  fits" if need <= available else "  does not fit")
+        print(f"  {str(dtype).removeprefix('torch.'):<9} {gb(need):>9}{verdict}")
     return 0

@@ -141,7 +141,8 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
         from owlkit.checkpoints import load_model
 
         dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
-        return load_model(path, dtype=dtype, device=device or kwargs.pop("device_map", None))
+        return load_model(path, dtype=dtype, device=device, device_map=kwargs.pop("device_map", None),
+                          max_memory=kwargs.pop("max_memory", None))
 
     def optimize_for_cpu_decoding(self) -> "OwlForCausalLM":
         """Prepack the decoder for fast CPU decoding (inference only; see models/cpu_decoding.py)."""

@@ -1,0 +1,151 @@
+"""What a model needs in memory, what the machine has, and the dtype that fits.
+
+A 7B-parameter checkpoint is 33 GB in float32: loading it on a 24 GB machine would be killed by
+the kernel (exit 137, no message). So before anything is read, :func:`choose_dtype` compares
+what the model needs in the chosen dtype with what is available, and refuses with one line
+that says which dtype would fit.
+
+The rule for the default dtype (no ``dtype`` given), the same in the Python API and every
+command:
+
+* CPU: float32 when it fits comfortably (what it needs, weights and room to run, is at most
+  :data:`COMFORTABLE` of the available memory),
+  else bfloat16 when that fits (a half-precision checkpoint loses nothing; float16 is not
+  chosen on a CPU, where its products are slow), else an error;
+* a GPU: the checkpoint's own dtype (usually half precision), checked against the GPU's free
+  memory.
+
+"Available" is the smallest of the kernel's ``MemAvailable``, the room left under the cgroup's
+memory limit (containers) and ``OWLKIT_MAX_MEMORY`` / the ``max_memory`` argument, when given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from owlkit.errors import CheckpointError, ConfigError
+
+#: Float32 is the CPU default while the model takes at most this share of the available memory.
+COMFORTABLE = 0.6
+#: Room needed besides the weights: activations, caches, the process itself (bytes, and a share).
+OVERHEAD_BYTES = 512 * 2**20
+OVERHEAD_SHARE = 0.10
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+
+
+def parse_dtype(value) -> torch.dtype | None:
+    """``None``, a torch dtype or a name (``bfloat16``, ``bf16``, ``torch.float16``, ``auto``)."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    name = str(value).strip().lower().removeprefix("torch.")
+    if name == "auto":
+        return None
+    name = _ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {value!r}; use float32, bfloat16 or float16 (or auto)")
+    return DTYPES[name]
+
+
+def parse_bytes(text: str) -> int:
+    """``"8GB"``, ``"512 MiB"``, ``"1.5g"`` or a plain number of bytes."""
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", str(text).lower())
+    if not found:
+        raise ConfigError(f"cannot read {text!r} as a memory size; write it like 8GB or 512MB")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[found.group(2)]
+    return int(float(found.group(1)) * scale)
+
+
+def gb(n: int | float) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # not a dependency: used where it happens to be installed (macOS, Windows)
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under the cgroup (v2, else v1) memory limit, if one is set."""
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            limit = Path(limit_file).read_text().strip()
+            usage = int(Path(usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:
+            return None
+        return max(0, int(limit) - usage)
+    return None
+
+
+def available_bytes(device: torch.device | str | None = None, max_memory: int | str | None = None) -> int | None:
+    """Memory a model may use on ``device`` (CPU RAM, or a GPU's free memory); None if unknown."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        found = [free]
+    else:
+        found = [x for x in (_meminfo_available(), _cgroup_room()) if x is not None]
+    cap = max_memory if max_memory is not None else os.environ.get("OWLKIT_MAX_MEMORY")
+    if cap not in (None, ""):
+        found.append(cap if isinstance(cap, int) else parse_bytes(cap))
+    return min(found) if found else None
+
+
+def needed_bytes(num_params: int, dtype: torch.dtype) -> int:
+    """The weights in ``dtype`` plus room to run them."""
+    weights = num_params * torch.empty((), dtype=dtype).element_size()
+    return int(weights * (1 + OVERHEAD_SHARE)) + OVERHEAD_BYTES
+
+
+def count_parameters(config) -> int:
+    """Parameters of the model ``config`` describes, without allocating it (meta device)."""
+    from owlkit.models.owl import OwlForCausalLM
+
+    with torch.device("meta"):
+        model = OwlForCausalLM(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def choose_dtype(num_params: int, stored: torch.dtype, device: torch.device, requested: torch.dtype | None,
+                 max_memory: int | str | None = None, what: str = "the model") -> torch.dtype:
+    """The dtype to load in (see module doc); a :class:`CheckpointError` when it cannot fit."""
+    available = available_bytes(device, max_memory)
+    if requested is None:
+        if device.type != "cpu":
+            requested = stored
+        elif available is None or needed_bytes(num_params, torch.float32) <= COMFORTABLE * available:
+            requested = torch.float32
+        else:
+            requested = torch.bfloat16
+    if available is None or needed_bytes(num_params, requested) <= available:
+        return requested
+    where = "the GPU has" if device.type == "cuda" else "this machine has"
+    count = f"{num_params / 1e9:.2f} B" if num_params >= 1e9 else f"{num_params / 1e6:.1f} M"
+    line = (f"{what} ({count} parameters) needs {gb(needed_bytes(num_params, requested))} in "
+            f"{str(requested).removeprefix('torch.')} and {where} {gb(available)} available")
+    smaller = [d for d in (torch.bfloat16,) if d != requested and needed_bytes(num_params, d) <= available
+               and torch.empty((), dtype=d).element_size() < torch.empty((), dtype=requested).element_size()]
+    if smaller:
+        name = str(smaller[0]).removeprefix("torch.")
+        line += f"; --dtype {name} (dtype={name}) needs {gb(needed_bytes(num_params, smaller[0]))} and fits"
+    else:
+        line += "; no dtype fits: free memory, or use a machine (or GPU) with more"
+    raise CheckpointError(line)
