@@ -391,7 +391,8 @@ def _assign(model, name: str, tensor: torch.Tensor) -> None:
 
 
 def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
-               *, device_map: str | dict | None = None, max_memory: int | str | None = None):
+               *, device_map: str | dict | None = None, max_memory: int | str | None = None,
+               quantize: str | int | None = None, group_size: int | None = None):
     """Load an official mPLUG-Owl / mPLUG-Owl2 folder or an owlkit folder, exactly.
 
     ``dtype=None`` follows :mod:`owlkit.memory`'s rule (CPU: float32 when it fits comfortably,
@@ -400,8 +401,12 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     model's size is ever held twice (a GPU load keeps no CPU copy). ``device_map="auto"`` (or
     a dict of module prefixes to devices) spreads the layers over the GPUs and the CPU with
     accelerate, as transformers does. ``max_memory`` caps the memory the model may use (bytes
-    or ``"8GB"``; also ``OWLKIT_MAX_MEMORY``).
+    or ``"8GB"``; also ``OWLKIT_MAX_MEMORY``). ``quantize="int8" | "int4"`` quantizes the
+    decoder's linear layers and the LM head as each weight is read (:mod:`owlkit.quantization`;
+    ``group_size`` for int4, default 128), so the float model is never held; a folder written
+    quantized (``owl quantize``) loads as it is.
     """
+    from owlkit import quantization as Q
     from owlkit.memory import choose_dtype, parse_dtype
     from owlkit.models.owl import OwlForCausalLM
 
@@ -409,10 +414,28 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     kind = detect_format(folder)
     config = read_config(folder, kind)
     index = weight_index(folder)
+    bits = Q.parse_quantize(quantize)
+    stored_q = getattr(config, Q.CONFIG_KEY, None)
     with torch.device("meta"):
         model = OwlForCausalLM(config)
+    if stored_q:
+        if bits is not None and bits != stored_q["bits"]:
+            raise CheckpointError(f"{folder} is already quantized to int{stored_q['bits']}; load it without quantize "
+                                  "(or quantize its float original)")
+        Q.replace_linears(model, stored_q["bits"], stored_q["group_size"], set(stored_q.get("kept", [])))
+        bits = None  # nothing to quantize while loading: the file holds the quantized tensors
     expected = {k: v.shape for k, v in model.state_dict().items()}
     plan = _plan(index, config, kind, expected, folder)
+    kept: list[str] = []
+    if bits is not None:
+        group_size = int(group_size or Q.DEFAULT_GROUP_SIZE)
+        if group_size not in Q.GROUP_SIZES:
+            raise CheckpointError(f"group_size must be one of {', '.join(map(str, Q.GROUP_SIZES))} "
+                                  f"(what PyTorch's int4 kernel takes), got {group_size}")
+        if device_map is not None or (device is not None and torch.device(device).type != "cpu"):
+            raise CheckpointError("quantized models run on the CPU (PyTorch's int8/int4 CPU kernels); "
+                                  "drop device / device_map, or load unquantized on the GPU")
+        kept = Q.replace_linears(model, bits, group_size)
     if device_map is not None and not isinstance(device_map, dict) and str(device_map) != "auto":
         device, device_map = device_map, None  # transformers-style device_map="cuda:0": one device
     try:
@@ -424,9 +447,12 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     floats = [info.dtype for info in index.values() if info.dtype.is_floating_point]
     stored = max(set(floats), key=floats.count) if floats else torch.float32
     num_params = sum(p.numel() for p in model.parameters())
+    quantized_bytes = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, Q.QuantizedLinear)
+                          for b in m.buffers())
     requested = parse_dtype(dtype)
     if device_map is None:
-        dtype = choose_dtype(num_params, stored, device, requested, max_memory, what=str(folder))
+        dtype = choose_dtype(num_params, stored, device, requested, max_memory, what=str(folder),
+                             fixed_bytes=quantized_bytes)
     else:
         dtype = requested or (stored if torch.cuda.is_available() else torch.float32)
     model = model.to(dtype)
@@ -438,10 +464,18 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
             _check_table(name, tensor, buffers[name], folder)
         if ours is None:
             continue
-        target = dtype if tensor.is_floating_point() else tensor.dtype
+        module_name, _, attr = ours.rpartition(".")
+        module = model.get_submodule(module_name) if module_name else model
+        if isinstance(module, Q.QuantizedLinear) and attr == "weight":  # quantized as it is read
+            module.set_weight(tensor, place(ours))
+            continue
+        quantized_buffer = isinstance(module, Q.QuantizedLinear) and attr != "bias"
+        target = dtype if tensor.is_floating_point() and not quantized_buffer else tensor.dtype
         moved = tensor.to(device=place(ours), dtype=target)
-        if mapped and moved.device.type == "cpu" and moved.data_ptr() == tensor.data_ptr():
-            moved = moved.clone()  # own memory: the file's pages are handed back next
+        if moved.device.type == "cpu" and moved.data_ptr() == tensor.data_ptr() and (mapped or moved.data_ptr() % 64):
+            # Own, aligned memory: a mapped file's pages are handed back next, and safetensors'
+            # buffers may sit at any address, which PyTorch's int8 kernel does not survive.
+            moved = moved.clone()
         _assign(model, ours, moved)
     # Non-persistent buffers were created on the meta device: rebuild them for real.
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
@@ -451,6 +485,8 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     if left:  # every tensor of the model must come from the file (never a random fill)
         raise CheckpointError(f"weights in {folder} left {len(left)} tensor(s) unset: {_summarise(left)}")
     _set_generation_config(model, folder, kind)
+    if bits is not None:
+        setattr(model.config, Q.CONFIG_KEY, {"bits": bits, "group_size": group_size, "kept": kept})
     if device_map is not None:
         from accelerate import dispatch_model
 

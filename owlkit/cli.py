@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("owlkit.commands.info", "describe a model folder (format, sizes, parameters)"),
     "merge-lora": ("owlkit.commands.merge_lora", "fold a LoRA adapter into its base model (plain owlkit folder)"),
     "plot": ("owlkit.commands.plot", "PNG curves of a training run (loss, learning rate)"),
+    "quantize": ("owlkit.commands.quantize", "write an int8 / int4 weight-only quantized copy of a model folder"),
     "serve": ("owlkit.commands.serve", "OpenAI-compatible server with dynamic batching, and the web demo at /"),
     "synth": ("owlkit.commands.synth", "write a procedural visual world (images + caption/instruction data)"),
     "tiny": ("owlkit.commands.tiny", "train the bundled owl-tiny model from scratch (make tiny)"),
@@ -74,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except OwlError as exc:
         report_error(f"owl {argv[0]}: error: {exc}")
         return exc.exit_code
+    except BrokenPipeError:  # `owl info M | head`: the reader left; say nothing, as other tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # the file system said no: a path the user gave, a full disk, ...
         report_error(f"owl {argv[0]}: error: {os_error_line(exc)}")
         return 2

@@ -99,11 +99,12 @@ class Owl:
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype=None, device=None, *, device_map=None,
-             max_memory=None) -> "Owl":
+             max_memory=None, quantize=None, group_size=None) -> "Owl":
         """Load a model folder (official or owlkit); without a path, the bundled model.
 
-        ``dtype``, ``device``, ``device_map`` and ``max_memory`` as :func:`owlkit.load_model`
-        (the default dtype: float32 on a CPU when it fits comfortably, else bfloat16).
+        ``dtype``, ``device``, ``device_map``, ``max_memory``, ``quantize`` and ``group_size`` as
+        :func:`owlkit.load_model` (the default dtype: float32 on a CPU when it fits comfortably,
+        else bfloat16; ``quantize="int8" | "int4"`` for weight-only quantization).
         """
         from owlkit.checkpoints import load_model
 
@@ -114,11 +115,14 @@ class Owl:
         tokenizer_files = ("tokenizer.model", "tokenizer.json")
         if Path(path).is_dir() and not any((Path(path) / f).exists() for f in tokenizer_files):  # before a long load
             raise OwlError(f"{path} has no tokenizer (tokenizer.model or tokenizer.json); copy the release's tokenizer files there")
-        model = load_model(path, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory)
+        model = load_model(path, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+                           quantize=quantize, group_size=group_size)
         processor = OwlProcessor.from_pretrained(path, config=model.config)
         owl = cls(model, processor)
         # The prepacked layout was measured for float32 on one CPU device only.
-        if model.device.type == "cpu" and model.dtype == torch.float32 and not getattr(model, "hf_device_map", None):
+        quantized = getattr(model.config, "owlkit_quantization", None)
+        if model.device.type == "cpu" and model.dtype == torch.float32 and not quantized \
+                and not getattr(model, "hf_device_map", None):
             model.optimize_for_cpu_decoding()
         return owl
 

@@ -109,6 +109,10 @@ def available_bytes(device: torch.device | str | None = None, max_memory: int | 
     return min(found) if found else None
 
 
+def _needed(num_params: int, dtype: torch.dtype) -> int:
+    return needed_bytes(num_params, dtype)
+
+
 def needed_bytes(num_params: int, dtype: torch.dtype) -> int:
     """The weights in ``dtype`` plus room to run them."""
     weights = num_params * torch.empty((), dtype=dtype).element_size()
@@ -125,8 +129,15 @@ def count_parameters(config) -> int:
 
 
 def choose_dtype(num_params: int, stored: torch.dtype, device: torch.device, requested: torch.dtype | None,
-                 max_memory: int | str | None = None, what: str = "the model") -> torch.dtype:
-    """The dtype to load in (see module doc); a :class:`CheckpointError` when it cannot fit."""
+                 max_memory: int | str | None = None, what: str = "the model", fixed_bytes: int = 0) -> torch.dtype:
+    """The dtype to load in (see module doc); a :class:`CheckpointError` when it cannot fit.
+
+    ``num_params`` are held in the chosen dtype; ``fixed_bytes`` whatever the dtype (quantized
+    weights).
+    """
+    def needed_bytes(n: int, dtype: torch.dtype) -> int:
+        return _needed(n, dtype) + int(fixed_bytes * (1 + OVERHEAD_SHARE))
+
     available = available_bytes(device, max_memory)
     if requested is None:
         if device.type != "cpu":

@@ -14,6 +14,9 @@ def add_load_arguments(parser) -> None:
     parser.add_argument("--dtype", default=None, choices=("auto", "float32", "bfloat16", "float16"),
                         help="weights' dtype (default auto: on a CPU float32 when it fits comfortably, else bfloat16; "
                              "on a GPU the checkpoint's own)")
+    parser.add_argument("--quantize", default=None, choices=("int8", "int4"),
+                        help="weight-only quantization of the decoder and LM head while loading (CPU)")
+    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
 
 
 def add_generation_arguments(parser) -> None:
@@ -49,7 +52,8 @@ def load_owl(args):
 def load_options(args) -> dict:
     """``Owl.load`` / ``load_model`` keyword arguments from ``--device`` and ``--dtype``."""
     device = getattr(args, "device", None)
-    options = {"dtype": getattr(args, "dtype", None)}
+    options = {"dtype": getattr(args, "dtype", None), "quantize": getattr(args, "quantize", None),
+               "group_size": getattr(args, "group_size", None)}
     if device == "auto":
         options["device_map"] = "auto"
     else:

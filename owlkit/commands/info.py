@@ -25,6 +25,17 @@ def run(args) -> int:
     kind = detect_format(folder)
     cfg = read_config(folder, kind)
     index = weight_index(folder)
+    from owlkit.quantization import CONFIG_KEY, QuantizedLinear, replace_linears
+
+    quantized = getattr(cfg, CONFIG_KEY, None)
+    with torch.device("meta"):
+        model = OwlForCausalLM(cfg)
+    float_params = sum(p.numel() for p in model.parameters())
+    if quantized:
+        replace_linears(model, quantized["bits"], quantized["group_size"], set(quantized.get("kept", [])))
+        float_params = sum(p.numel() for p in model.parameters())
+    fixed = sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, QuantizedLinear)
+                for b in m.buffers())
     with torch.device("meta"):
         model = OwlForCausalLM(cfg)
     counts = Counter()
@@ -41,15 +52,29 @@ def run(args) -> int:
     for name, n in counts.items():
         print(f"  {name:<15} {n:>14,d} parameters")
     print(f"  {'total':<15} {total:>14,d} parameters")
+    if quantized:
+        print(f"quantized: int{quantized['bits']}" + (f" in groups of {quantized['group_size']}" if quantized["bits"] == 4 else
+                                                      " per output channel")
+              + f" (decoder linears and LM head; {len(quantized.get('kept', []))} layer(s) kept unquantized)")
     files = sorted({i.file for i in index.values()})
     print(f"weights: {len(files)} file(s), {gb(sum(f.stat().st_size for f in files))}, stored as "
           + ", ".join(f"{d} ({n} tensors)" for d, n in stored.most_common()))
     available = available_bytes("cpu")
     print(f"memory to run it (this machine has {gb(available) if available is not None else 'an unknown amount'} available):")
     for dtype in (torch.float32, torch.bfloat16):
-        need = needed_bytes(total, dtype)
+        need = needed_bytes(float_params, dtype) + int(fixed * 1.1)
         verdict = "" if available is None else (
             "  fits comfortably (the CPU default)" if dtype == torch.float32 and need <= COMFORTABLE * available
             else "  fits" if need <= available else "  does not fit")
         print(f"  {str(dtype).removeprefix('torch.'):<9} {gb(need):>9}{verdict}")
+    if not quantized:
+        for bits in (8, 4):
+            with torch.device("meta"):
+                shell = OwlForCausalLM(cfg)
+            replace_linears(shell, bits, 128)
+            rest = sum(p.numel() for p in shell.parameters())
+            q = sum(b.numel() * b.element_size() for m in shell.modules() if isinstance(m, QuantizedLinear) for b in m.buffers())
+            need = needed_bytes(rest, torch.bfloat16) + int(q * 1.1)
+            verdict = "" if available is None else ("  fits" if need <= available else "  does not fit")
+            print(f"  int{bits} (--quantize int{bits}, rest in bfloat16) {gb(need):>9}{verdict}")
     return 0

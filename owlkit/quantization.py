@@ -1,0 +1,293 @@
+"""Weight-only int8 / int4 quantization of the decoder, on PyTorch's own CPU kernels.
+
+What is quantized: every linear layer of the language model (query, key/value of both
+modality-adaptive branches, output, gate/up/down) and the LM head. The vision encoder, the
+abstractor, the embeddings and the norms keep the model's dtype.
+
+* ``int8``: one scale per output channel, symmetric: ``w ~ q * scale``, ``q`` in [-128, 127];
+  kernel ``aten._weight_int8pack_mm``.
+* ``int4``: groups of ``group_size`` inputs (default 128) per output channel, asymmetric:
+  ``w ~ (q - 8) * scale + zero``, ``q`` in [0, 15], the scale and zero fitted by least squares
+  to the codes; kernel ``aten._weight_int4pack_mm_for_cpu``. The LM head is int8 in this mode
+  (:data:`INT8_IN_INT4`).
+  A layer whose input width is not a multiple of the group size, or whose output width is not
+  a multiple of 16 (the kernel's tiles), stays unquantized (reported).
+
+Files (``owl quantize``, ``save_pretrained``) hold a portable layout, plain tensors that
+safetensors stores: ``qweight`` (int8 ``[N, K]``, or uint8 ``[N, K/2]`` with two 4-bit values a
+byte, the even column in the high nibble), ``scales`` (``[N]`` or ``[N, K/G]``) and, for int4,
+``zeros`` (``[N, K/G]``); the kernel's own layout is rebuilt when the model is loaded.
+
+The kernels are fast with bfloat16 activations on CPUs with avx512_bf16 (3x the float32 product
+of the same shape here) and slow with float32 ones (5x slower than float32). Which way runs is
+measured once per process on this machine (:func:`compute_path`): the kernel with bfloat16
+activations, the kernel with float32 activations, or the weights dequantized to float32 and a
+plain product; the fastest wins. docs/performance.md has the figures.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from owlkit.errors import ConfigError
+
+BITS = {"int8": 8, "int4": 4}
+DEFAULT_GROUP_SIZE = 128
+GROUP_SIZES = (32, 64, 128, 256)  # what aten._weight_int4pack_mm_for_cpu accepts
+CONFIG_KEY = "owlkit_quantization"  # in config.json: {"bits": 4, "group_size": 128, "skipped": [...]}
+
+
+def parse_quantize(value) -> int | None:
+    """``None`` / ``"int8"`` / ``"int4"`` (also 8 / 4) -> bits."""
+    if value in (None, "", "none"):
+        return None
+    key = f"int{value}" if isinstance(value, int) else str(value).lower()
+    if key not in BITS:
+        raise ConfigError(f"unknown quantize value {value!r}; use int8 or int4")
+    return BITS[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# The arithmetic
+# ---------------------------------------------------------------------------------------------
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-10)
+    q = (w / scales[:, None]).round().clamp(-128, 127).to(torch.int8)
+    return q, scales
+
+
+def quantize_int4(weight: torch.Tensor, group_size: int, refine: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(packed uint8 [N, K/2], scales [N, K/G], zeros [N, K/G]).
+
+    Starts from each group's min-max range, then ``refine`` rounds of: codes for the current
+    (scale, zero), then the least-squares (scale, zero) for those codes. That lowers the
+    weights' squared error by about 15% over min-max alone (Gaussian and uniform weights alike).
+    """
+    w = weight.float()
+    n, k = w.shape
+    groups = w.reshape(n, k // group_size, group_size)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scales = ((high - low) / 15).clamp(min=1e-6)
+    zeros = low + 8 * scales
+
+    def codes(scales, zeros):
+        return ((groups - zeros[..., None]) / scales[..., None] + 8).round().clamp(0, 15)
+
+    for _ in range(refine):
+        centred = codes(scales, zeros) - 8
+        q_mean, w_mean = centred.mean(dim=-1), groups.mean(dim=-1)
+        dq = centred - q_mean[..., None]
+        var = (dq * dq).sum(dim=-1)
+        fitted = (dq * (groups - w_mean[..., None])).sum(dim=-1) / var.clamp(min=1e-12)
+        scales = torch.where(var > 0, fitted, scales).clamp(min=1e-6)
+        zeros = w_mean - scales * q_mean
+    q = codes(scales, zeros).to(torch.uint8).reshape(n, k)
+    return (q[:, ::2] << 4) | q[:, 1::2], scales, zeros
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K/2] -> int32 [N, K] with values 0..15."""
+    out = torch.empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.int32, device=packed.device)
+    out[:, ::2] = (packed >> 4).to(torch.int32)
+    out[:, 1::2] = (packed & 0xF).to(torch.int32)
+    return out
+
+
+def dequantize(layer: "QuantizedLinear") -> torch.Tensor:
+    """The float32 weight the quantized one stands for (int4: before the kernel repacked it)."""
+    if layer.bits == 8:
+        return layer.qweight.float() * layer.scales.float()[:, None]
+    q = unpack_int4(layer.qweight).float()
+    n, k = q.shape
+    g = layer.group_size
+    w = (q.reshape(n, k // g, g) - 8) * layer.scales.float()[..., None] + layer.zeros.float()[..., None]
+    return w.reshape(n, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# The layer
+# ---------------------------------------------------------------------------------------------
+
+
+class QuantizedLinear(nn.Module):
+    """``nn.Linear`` with an int8 or int4 weight (inference only)."""
+
+    def __init__(self, in_features: int, out_features: int, bits: int, group_size: int = DEFAULT_GROUP_SIZE,
+                 bias: bool = False, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        factory = {"device": device}
+        if bits == 8:
+            self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, **factory))
+            self.register_buffer("scales", torch.empty(out_features, dtype=torch.float32, **factory))
+            self.zeros = None
+        else:
+            groups = in_features // group_size
+            self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=torch.uint8, **factory))
+            self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float32, **factory))
+            self.register_buffer("zeros", torch.empty(out_features, groups, dtype=torch.float32, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, **factory)) if bias else None
+        self._kernel: dict = {}  # the kernel's layout per activation dtype, built on first use
+
+    def extra_repr(self) -> str:
+        g = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{g}"
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bits: int, group_size: int, bias: torch.Tensor | None = None,
+                    device=None) -> "QuantizedLinear":
+        out_features, in_features = weight.shape
+        with torch.device("meta"):
+            layer = cls(in_features, out_features, bits, group_size, bias=bias is not None)
+        layer.set_weight(weight, device)
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.to(device or bias.device), requires_grad=False)
+        return layer
+
+    def set_weight(self, weight: torch.Tensor, device=None) -> None:
+        """Quantize ``weight`` (any float dtype) into this layer's buffers."""
+        device = device or weight.device
+        if self.bits == 8:
+            q, scales = quantize_int8(weight)
+            self._buffers.update(qweight=q.to(device), scales=scales.to(device))
+        else:
+            q, scales, zeros = quantize_int4(weight, self.group_size)
+            self._buffers.update(qweight=q.to(device), scales=scales.to(device), zeros=zeros.to(device))
+        self._kernel = {}
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._kernel = {}
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.bits == 4 and "packed" in self._kernel:
+            raise RuntimeError(
+                "this int4 model has run, so its weights are held in this CPU's kernel layout only and "
+                "cannot be saved; save a quantized model right after loading it (owl quantize does)"
+            )
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _prepared(self, dtype: torch.dtype):
+        """(weight, scales) in the kernel's layout for activations of ``dtype``.
+
+        int4: the kernel's layout depends on the CPU's vector width, so files keep the portable
+        one; the first product repacks it and drops the portable copy (holding both would double
+        the weights' memory).
+        """
+        if dtype not in self._kernel:
+            if self.bits == 8:
+                self._kernel[dtype] = (self.qweight, self.scales.to(dtype))
+            else:
+                if "packed" not in self._kernel:
+                    self._kernel["packed"] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.qweight), 2)
+                    self._kernel["portable_shape"] = tuple(self.qweight.shape)
+                    self._buffers["qweight"] = torch.empty(0, dtype=torch.uint8)
+                scales_zeros = torch.stack([self.scales.T, self.zeros.T], dim=-1).contiguous().to(dtype)
+                self._kernel[dtype] = (self._kernel["packed"], scales_zeros)
+        return self._kernel[dtype]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        flat = x.reshape(-1, self.in_features)
+        path = compute_path(self.bits) if x.device.type == "cpu" else "dequantize"
+        if flat.shape[0] == 0:  # e.g. no visual token for a modality branch; the kernels crash on 0 rows
+            out = flat.new_zeros(0, self.out_features)
+        elif path == "dequantize":
+            out = F.linear(flat, dequantize(self).to(x.dtype))
+        else:
+            act = torch.bfloat16 if path == "kernel-bf16" else torch.float32
+            weight, scales = self._prepared(act)
+            a = flat.to(act).contiguous()
+            if self.bits == 8:
+                out = torch.ops.aten._weight_int8pack_mm(a, weight, scales)
+            else:
+                out = torch.ops.aten._weight_int4pack_mm_for_cpu(a, weight, self.group_size, scales)
+            out = out.to(x.dtype)
+        if self.bias is not None:
+            out = out + self.bias.to(out.dtype)
+        return out.reshape(*shape[:-1], self.out_features)
+
+
+@functools.lru_cache(maxsize=None)
+def compute_path(bits: int) -> str:
+    """The fastest of ``kernel-bf16``, ``kernel-fp32`` and ``dequantize`` on this CPU, measured
+    once per process on a 2048 x 2048 layer at one row (a decoding step's shape)."""
+    torch.manual_seed(0)
+    layer = QuantizedLinear.from_weight(torch.randn(2048, 2048), bits, DEFAULT_GROUP_SIZE)
+    x = torch.randn(1, 2048)
+    timings = {}
+    for path in ("dequantize", "kernel-bf16", "kernel-fp32"):  # dequantize first: int4 kernels drop the portable copy
+        try:
+            timings[path] = _time_path(layer, x, path)
+        except RuntimeError:  # a kernel this build lacks
+            continue
+    return min(timings, key=timings.get) if timings else "dequantize"
+
+
+def _time_path(layer: QuantizedLinear, x: torch.Tensor, path: str) -> float:
+    def run():
+        if path == "dequantize":
+            return F.linear(x, dequantize(layer))
+        act = torch.bfloat16 if path == "kernel-bf16" else torch.float32
+        weight, scales = layer._prepared(act)
+        if layer.bits == 8:
+            return torch.ops.aten._weight_int8pack_mm(x.to(act), weight, scales)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(act), weight, layer.group_size, scales)
+
+    run()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# Which layers
+# ---------------------------------------------------------------------------------------------
+
+
+def quantizable(model) -> dict[str, nn.Linear]:
+    """Name -> linear layer of every layer that is quantized (decoder linears and the LM head)."""
+    found = {f"language_model.{n}": m for n, m in model.language_model.named_modules() if isinstance(m, nn.Linear)}
+    if isinstance(model.lm_head, nn.Linear):
+        found["lm_head"] = model.lm_head
+    return found
+
+
+#: In int4 mode these layers get int8 (as llama.cpp keeps its Q4_0 models' output matrix in 6 bits):
+#: the LM head's error goes straight into the logits, and it is one layer of many.
+INT8_IN_INT4 = ("lm_head",)
+
+
+def replace_linears(model, bits: int, group_size: int, skip: set[str] | None = None) -> list[str]:
+    """Swap the quantizable linears of a (meta) model for empty :class:`QuantizedLinear` shells.
+
+    Returns the names kept in higher precision: an int4 layer whose input width is not a
+    multiple of ``group_size`` or whose output width is not a multiple of 16 (the kernel's
+    tiles), and those named in ``skip``. In int4 mode the LM head is int8.
+    """
+    kept = []
+    for name, linear in quantizable(model).items():
+        layer_bits = 8 if bits == 4 and name in INT8_IN_INT4 else bits
+        if name in (skip or set()) or (layer_bits == 4 and (linear.in_features % group_size or linear.out_features % 16)):
+            kept.append(name)
+            continue
+        shell = QuantizedLinear(linear.in_features, linear.out_features, layer_bits, group_size,
+                                bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, shell)
+    return kept
+
+
+def quantization_info(model) -> dict | None:
+    return getattr(model.config, CONFIG_KEY, None)

@@ -1,0 +1,139 @@
+"""Weight-only int8 / int4 quantization: the arithmetic, the kernels, the answers, the files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import fixture_folders
+from helpers import make_model_folder
+from owlkit import quantization as Q
+from owlkit.checkpoints import load_model
+from owlkit.cli import main as owl
+from owlkit.errors import CheckpointError, ConfigError
+from owlkit.inference import Owl, bundled_model_path
+
+FOLDERS = fixture_folders()
+
+
+def test_quantized_weights_and_layers_agree_with_their_dequantized_weight():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256) * 0.05
+    q, scales = Q.quantize_int8(w)
+    assert q.dtype == torch.int8 and (q.float() * scales[:, None] - w).abs().max() <= scales.max() / 2 + 1e-7
+    packed, s4, z4 = Q.quantize_int4(w, 32)
+    assert packed.shape == (64, 128) and s4.shape == z4.shape == (64, 8)
+    unpacked = Q.unpack_int4(packed)
+    assert unpacked.min() >= 0 and unpacked.max() <= 15
+    x = torch.randn(5, 256)
+    for bits in (8, 4):
+        layer = Q.QuantizedLinear.from_weight(w, bits, 32)
+        reference = F.linear(x, Q.dequantize(layer))
+        assert (reference - x @ w.T).abs().max() < 0.1 * (x @ w.T).abs().max()  # it is a quantization
+        out = layer(x)
+        assert out.dtype == torch.float32 and torch.allclose(out, reference, atol=0.05, rtol=0.02)
+        assert Q.compute_path(bits) in ("kernel-bf16", "kernel-fp32", "dequantize")
+
+
+def test_kept_layers_are_reported(tmp_path):
+    folder = tmp_path / "m"
+    make_model_folder(folder, "test-owl2", seed=1)
+    model = load_model(folder, quantize="int4", group_size=256)  # wider than every layer: none can be grouped
+    info = model.config.owlkit_quantization
+    quantized = {n: m.bits for n, m in model.named_modules() if isinstance(m, Q.QuantizedLinear)}
+    assert info["bits"] == 4 and info["kept"] and quantized == {"lm_head": 8}  # the LM head is int8 in int4 mode
+    model = load_model(folder, quantize="int8")
+    assert not model.config.owlkit_quantization["kept"]
+    assert sum(isinstance(m, Q.QuantizedLinear) for m in model.modules()) == len(Q.quantizable(load_model(folder)))
+    with pytest.raises(ConfigError, match="unknown quantize value 'int3'"):
+        load_model(folder, quantize="int3")
+    with pytest.raises(CheckpointError, match="group_size must be one of"):
+        load_model(folder, quantize="int4", group_size=48)
+
+
+@pytest.mark.skipif(not FOLDERS, reason="conformance fixtures not found (a 'shared' folder beside the clone)")
+@pytest.mark.parametrize("root", FOLDERS, ids=[p.name for p in FOLDERS])
+def test_fixture_logits_stay_close(root):
+    """On the fixtures' prompts: cosine similarity to the float32 logits >= 0.999 (int8) and
+    >= 0.98 for int4: these are 64-wide random matrices, each layer alone keeps 0.997-0.999 and
+    the network 0.984-0.991 (measured; docs/performance.md); trained weights keep more (below)."""
+    from test_conformance import _samples
+
+    meta = json.loads((root / "inputs" / "meta.json").read_text())
+    pixels = torch.from_numpy(np.load(root / "inputs" / "pixel_values.npy"))
+    models = {"fp32": load_model(root / "model"), "int8": load_model(root / "model", quantize="int8"),
+              "int4": load_model(root / "model", quantize="int4", group_size=32)}
+    assert any(isinstance(m, Q.QuantizedLinear) for m in models["int4"].modules())
+    for s in _samples(root):
+        ids = torch.from_numpy(np.load(root / "inputs" / f"prompt_ids_s{s}.npy"))
+        idx = meta["sample_images"][s - 1]
+        logits = {}
+        with torch.no_grad():
+            for name, model in models.items():
+                logits[name] = model(input_ids=ids, pixel_values=pixels[idx] if idx else None).logits.flatten()
+        for name, floor in (("int8", 0.999), ("int4", 0.98)):
+            cos = float(F.cosine_similarity(logits[name], logits["fp32"], dim=0))
+            assert cos >= floor, (root.name, s, name, cos)
+
+
+def test_a_quantized_folder_loads_as_it_is_and_answers_alike(tmp_path, capsys, monkeypatch):
+    src = bundled_model_path()
+    if not (src / "config.json").exists():
+        pytest.skip("no bundled model in this installation")
+    image = src.parent / "examples" / "colour.png"
+    conv = [{"role": "user", "content": [{"type": "image", "image": str(image)},
+                                         {"type": "text", "text": "What colour is the big star?"}]}]
+    for bits in (8, 4):
+        out = tmp_path / f"q{bits}"
+        assert owl(["quantize", str(src), str(out), "--bits", str(bits), "--group-size", "32"]) == 0
+        assert f"int{bits}" in capsys.readouterr().out
+        on_the_fly = Owl.load(src, quantize=f"int{bits}", group_size=32)
+        with monkeypatch.context() as m:  # loading the folder quantizes nothing again
+            m.setattr(Q, "quantize_int8", lambda *a: pytest.fail("quantized again"))
+            m.setattr(Q, "quantize_int4", lambda *a: pytest.fail("quantized again"))
+            saved = Owl.load(out)
+        assert saved.model.config.owlkit_quantization["bits"] == bits
+        ids = torch.tensor([[1, 5, 9, 7]])
+        with torch.no_grad():
+            assert torch.equal(saved.model(input_ids=ids).logits, on_the_fly.model(input_ids=ids).logits)
+        alone = [saved.chat(conv, max_new_tokens=6), saved.chat(conv[:1] and [{"role": "user", "content": "hello"}],
+                                                                   max_new_tokens=6)]
+        batched = saved.generate_batch([conv, [{"role": "user", "content": "hello"}]], max_new_tokens=6)
+        assert batched == alone  # batched answers are the unbatched ones, quantized too
+        assert owl(["info", str(out)]) == 0
+        assert f"quantized: int{bits}" in capsys.readouterr().out
+    with pytest.raises(CheckpointError, match="already quantized to int8"):
+        load_model(tmp_path / "q8", quantize="int4")
+    (tmp_path / "q4" / "model.safetensors").write_bytes((tmp_path / "q4" / "model.safetensors").read_bytes()[:1000])
+    assert owl(["chat", "--model", str(tmp_path / "q4"), "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "truncated or corrupt" in err
+
+
+def test_trained_weights_keep_their_logits():
+    """owl-tiny (trained) on an example scene: >= 0.999 (int8), >= 0.99 (int4)."""
+    src = bundled_model_path()
+    if not (src / "config.json").exists():
+        pytest.skip("no bundled model in this installation")
+    conv = [{"role": "user", "content": [{"type": "image", "image": str(src.parent / "examples" / "colour.png")},
+                                         {"type": "text", "text": "What colour is the big star?"}]}]
+    base = Owl.load(src)
+    batch = base._inputs(conv)
+    with torch.no_grad():
+        reference = base.model(**batch).logits.flatten()
+        for quantize, floor in (("int8", 0.999), ("int4", 0.99)):
+            logits = Owl.load(src, quantize=quantize).model(**batch).logits.flatten()
+            assert float(F.cosine_similarity(logits, reference, dim=0)) >= floor, quantize
+
+
+def test_quantized_loading_counts_the_quantized_bytes(tmp_path):
+    folder = tmp_path / "m"
+    make_model_folder(folder, "test-owl2", seed=1)
+    model = load_model(folder, quantize="int8", max_memory="600MB")  # a float32 model of this size fits too
+    assert model.config.owlkit_quantization["bits"] == 8
+    with pytest.raises(CheckpointError, match="quantized models run on the CPU"):
+        load_model(folder, quantize="int8", device_map="auto")
