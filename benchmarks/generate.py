@@ -56,6 +56,32 @@ def matmul_gflops(n: int = 1024, repeat: int = 10) -> float:
     return repeat * 2 * n**3 / (time.perf_counter() - start) / 1e9
 
 
+def image_cache_effect(owl, image, questions: list[str], gen: dict, turns: int = 4) -> dict:
+    """A multi-turn chat about one image (every turn sends it again): time with the image-feature
+    cache off and on, in the same process; the answers must not change."""
+    def chat_session() -> tuple[float, list[str]]:
+        conv, answers = [], []
+        start = time.perf_counter()
+        for turn in range(turns):
+            content = [{"type": "text", "text": questions[turn % len(questions)]}]
+            if turn == 0:
+                content.insert(0, {"type": "image", "image": image})
+            conv.append({"role": "user", "content": content})
+            answers.append(owl.chat(conv, **gen))
+            conv.append({"role": "assistant", "content": answers[-1]})
+        return time.perf_counter() - start, answers
+
+    saved = getattr(owl.model, "image_feature_cache", None)
+    owl.model.image_feature_cache = None
+    t_off, off = chat_session()
+    owl.model.enable_image_feature_cache(64)
+    t_on, on = chat_session()  # the first turn fills the cache, the others hit it
+    stats = owl.model.image_feature_cache.stats()
+    owl.model.image_feature_cache = saved
+    return {"turns": turns, "seconds_off": round(t_off, 3), "seconds_on": round(t_on, 3),
+            "speedup": round(t_off / t_on, 3), "hits": stats["hits"], "same_answers": on == off}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -132,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       "batch1": round(1000 * t_prefill_single / args.questions, 1)},
             "identical_answers": sum(a == b == c for a, b, c in zip(singles, batched, engine_singles)),
         })
+    cache = image_cache_effect(owl, convs[0][0]["content"][0]["image"], questions, gen)
     speedups = [r["speedup"] for r in rounds]
     result = {
         "preset": args.preset,
@@ -146,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target": 4.0,
         "identical_answers": min(r["identical_answers"] for r in rounds),
         "rounds": rounds,
+        "image_cache": cache,
     }
     print(json.dumps(result, indent=2))
     return result

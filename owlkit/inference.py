@@ -99,12 +99,14 @@ class Owl:
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype=None, device=None, *, device_map=None,
-             max_memory=None, quantize=None, group_size=None) -> "Owl":
+             max_memory=None, quantize=None, group_size=None, image_cache_mb: float = 64.0) -> "Owl":
         """Load a model folder (official or owlkit); without a path, the bundled model.
 
         ``dtype``, ``device``, ``device_map``, ``max_memory``, ``quantize`` and ``group_size`` as
         :func:`owlkit.load_model` (the default dtype: float32 on a CPU when it fits comfortably,
         else bfloat16; ``quantize="int8" | "int4"`` for weight-only quantization).
+        ``image_cache_mb``: features of recently seen images are kept, so a multi-turn chat or
+        several questions about one image encode it once (0 = off).
         """
         from owlkit.checkpoints import load_model
 
@@ -118,6 +120,7 @@ class Owl:
         model = load_model(path, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
                            quantize=quantize, group_size=group_size)
         processor = OwlProcessor.from_pretrained(path, config=model.config)
+        model.enable_image_feature_cache(image_cache_mb)
         owl = cls(model, processor)
         # The prepacked layout was measured for float32 on one CPU device only.
         quantized = getattr(model.config, "owlkit_quantization", None)

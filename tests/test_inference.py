@@ -240,3 +240,40 @@ def test_the_model_config_decides_the_placeholder(tmp_path, images):
     conv = _conv("what colour", images[:1]) + [{"role": "assistant", "content": "red"}]
     batch = collator([{"messages": conv}])
     assert (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 1 and not (batch["input_ids"] == image_id).any()
+
+
+def test_a_repeated_image_is_encoded_once(folder, images):
+    """The image-feature cache (on by default in Owl.load): a multi-turn chat sends the image with
+    every turn, the vision encoder sees it once, and the answers are those computed without it."""
+    api = Owl.load(folder)
+    calls = []
+    vision = api.model.vision.forward
+    api.model.vision.forward = lambda *a, **k: calls.append(1) or vision(*a, **k)
+    conv = _conv("what colour", images[:1])
+    first = api.chat(conv, max_new_tokens=5)
+    conv += [{"role": "assistant", "content": first}, {"role": "user", "content": "and the shape?"}]
+    second = api.chat(conv, max_new_tokens=5)
+    assert len(calls) == 1 and api.model.image_feature_cache.stats()["hits"] == 1
+    uncached = Owl.load(folder, image_cache_mb=0)
+    assert uncached.model.image_feature_cache is None
+    assert [uncached.chat(conv[:1], max_new_tokens=5), uncached.chat(conv, max_new_tokens=5)] == [first, second]
+
+
+def test_the_feature_cache_is_bounded_and_least_recently_used():
+    from owlkit.models.feature_cache import FeatureCache
+
+    cache = FeatureCache(max_mb=3 * 4 * 1000 / 2**20)  # room for three images of 1000 float32 values
+    encode_calls = []
+
+    def encode(pixels):
+        encode_calls.append(len(pixels))
+        return pixels.flatten(1)[:, :1000].clone()
+
+    images = [torch.full((1, 10, 100), float(i)) for i in range(4)]
+    for i in range(3):
+        cache.encode(images[i][None], encode)
+    cache.encode(images[0][None], encode)  # 0 becomes the most recent
+    cache.encode(images[3][None], encode)  # evicts 1, the least recently used
+    out = cache.encode(torch.stack([images[0], images[1], images[3]]), encode)
+    assert encode_calls == [1, 1, 1, 1, 1] and [float(r[0]) for r in out] == [0.0, 1.0, 3.0]
+    assert cache.stats()["images"] == 3 and cache.stats()["mb"] <= 3 * 4 * 1000 / 2**20

@@ -107,6 +107,11 @@ def test_models_health_and_chat_answers_as_the_python_api(app, owl):
             {"role": "assistant", "content": "hi"}, {"role": "user", "content": "what is this"}]
     r = post(app, {"messages": conv, "max_tokens": 5})
     assert r.json()["choices"][0]["message"]["content"] == owl.chat(conv, max_new_tokens=5)
+    # the same image again: its features come from the server's image cache
+    again = post(app, {"model": "tiny", "messages": user("what colour is it", data_url(RED)), "max_tokens": 6})
+    assert again.json()["choices"][0]["message"]["content"] == body["choices"][0]["message"]["content"]
+    cache = call(app, ("GET", "/health", {}))[0].json()["image_cache"]
+    assert cache["hits"] >= 1 and cache["images"] >= 1
 
 
 def test_streaming_is_openai_chunks_ending_with_done(app):

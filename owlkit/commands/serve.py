@@ -39,6 +39,8 @@ def add_server_arguments(parser, api: bool = True) -> None:
     g.add_argument("--max-prompt-tokens", type=int, default=8192, help="prompt positions, images included")
     g.add_argument("--max-body-mb", type=float, default=20.0, help="request body size (default 20 MB)")
     g.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model; more get 429")
+    g.add_argument("--image-cache-mb", type=float, default=256.0,
+                   help="features of recently seen images, so a repeated image skips the vision encoder (0 = off)")
     if api:
         parser.add_argument("--no-web", action="store_true", help="serve the API only (no demo at /)")
     parser.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
@@ -54,8 +56,8 @@ def settings_from_args(args, api: bool = True, web: bool = True):
     for name in ("max_batch", "max_tokens", "max_images", "max_pixels", "max_prompt_tokens", "max_queue"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.max_body_mb <= 0 or args.max_wait_ms < 0:
-        raise InputError("--max-body-mb must be positive and --max-wait-ms not negative")
+    if args.max_body_mb <= 0 or args.max_wait_ms < 0 or args.image_cache_mb < 0:
+        raise InputError("--max-body-mb must be positive, --max-wait-ms and --image-cache-mb not negative")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in 0..65535, got {args.port}")
     image_dir = None
@@ -72,7 +74,7 @@ def settings_from_args(args, api: bool = True, web: bool = True):
     return ServerSettings(
         host=args.host, port=args.port, api_key=args.api_key or None, model_name=name, image_dir=image_dir,
         allow_remote_images=args.allow_remote_images, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        api=api, web=web, limits=limits,
+        api=api, web=web, limits=limits, image_cache_mb=args.image_cache_mb,
     )
 
 

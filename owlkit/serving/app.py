@@ -152,6 +152,7 @@ def create_app(owl, settings: ServerSettings | None = None, scheduler: Scheduler
     """The server around a loaded :class:`~owlkit.inference.Owl` (see module doc)."""
     settings = settings or ServerSettings()
     limits = settings.limits
+    owl.model.enable_image_feature_cache(settings.image_cache_mb)
     scheduler = scheduler or Scheduler(owl, settings.max_batch, settings.max_wait_ms, limits.max_queue)
     scheduler.start()
     started = int(time.time())
@@ -196,7 +197,8 @@ def create_app(owl, settings: ServerSettings | None = None, scheduler: Scheduler
     async def health():
         if not scheduler.alive:
             return _error(503, "the model worker is not running")
-        return {"status": "ok", "model": name, **scheduler.stats()}
+        cache = getattr(owl.model, "image_feature_cache", None)
+        return {"status": "ok", "model": name, **scheduler.stats(), **({"image_cache": cache.stats()} if cache else {})}
 
     def model_card() -> dict:
         return {"id": name, "object": "model", "created": started, "owned_by": "owlkit"}

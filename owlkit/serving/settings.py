@@ -40,4 +40,5 @@ class ServerSettings:
     api: bool = True  # the OpenAI routes under /v1
     web: bool = True  # mount the Gradio demo at "/"
     examples_dir: Path | None = None  # example images for the demo (default: owlkit/assets/examples)
+    image_cache_mb: float = 256.0  # features of recently seen images (0 = off); see models/feature_cache.py
     limits: Limits = field(default_factory=Limits)
