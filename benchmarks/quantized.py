@@ -46,7 +46,7 @@ def build(preset: str, dtype: torch.dtype, quantize: str | None, group_size: int
         Q.replace_linears(model, Q.parse_quantize(quantize), group_size)
     for module in model.modules():
         if isinstance(module, Q.QuantizedLinear):
-            module.set_weight(torch.randn(module.out_features, module.in_features) * 0.02, "cpu")
+            module.set_weight(torch.randn(module.out_features, module.in_features) * 0.02, "cpu", prepare=True)
             continue
         for name, p in list(module._parameters.items()):
             if p is not None and p.device.type == "meta":
@@ -123,6 +123,9 @@ per_token = 0
 for name, module in model.named_modules():
     if not name.startswith(("language_model", "lm_head")) or ".visual" in name:
         continue
+    if isinstance(module, Q.QuantizedLinear):
+        per_token += module.nbytes()
+        continue
     tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
     per_token += sum(t.numel() * t.element_size() for t in tensors)
 size_px = cfg.vision_config.image_size
@@ -156,9 +159,9 @@ print(json.dumps({{
 """
 
 
-def full(tokens: int) -> dict:
+def full(tokens: int, variants: list[str]) -> dict:
     out = {}
-    for quantize in ("none", "int8", "int4"):
+    for quantize in variants:
         done = subprocess.run([sys.executable, "-c", PROBE.format(here=str(HERE)), quantize, str(tokens)],
                               capture_output=True, text=True)
         name = "bfloat16" if quantize == "none" else quantize
@@ -174,12 +177,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--full", action="store_true", help="also the owl2-llama2-7b shapes (minutes, ~16 GB of RAM)")
     parser.add_argument("--full-tokens", type=int, default=4)
+    parser.add_argument("--full-variants", default="none,int8,int4", help="of the 7B shapes: none (bfloat16), int8, int4")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"threads": torch.get_num_threads(), "small": small(args.tokens)}
     if args.full:
-        result["owl2-llama2-7b"] = full(args.full_tokens)
+        result["owl2-llama2-7b"] = full(args.full_tokens, args.full_variants.split(","))
     print(json.dumps(result, indent=2))
     return result
 

@@ -392,7 +392,7 @@ def _assign(model, name: str, tensor: torch.Tensor) -> None:
 
 def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device | None = None,
                *, device_map: str | dict | None = None, max_memory: int | str | None = None,
-               quantize: str | int | None = None, group_size: int | None = None):
+               quantize: str | int | None = None, group_size: int | None = None, keep_portable: bool = False):
     """Load an official mPLUG-Owl / mPLUG-Owl2 folder or an owlkit folder, exactly.
 
     ``dtype=None`` follows :mod:`owlkit.memory`'s rule (CPU: float32 when it fits comfortably,
@@ -404,7 +404,8 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     or ``"8GB"``; also ``OWLKIT_MAX_MEMORY``). ``quantize="int8" | "int4"`` quantizes the
     decoder's linear layers and the LM head as each weight is read (:mod:`owlkit.quantization`;
     ``group_size`` for int4, default 128), so the float model is never held; a folder written
-    quantized (``owl quantize``) loads as it is.
+    quantized (``owl quantize``) loads as it is. int4 layers are repacked into the kernel's
+    layout as they load and keep no portable copy, unless ``keep_portable`` (to save the model).
     """
     from owlkit import quantization as Q
     from owlkit.memory import choose_dtype, parse_dtype
@@ -467,7 +468,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         module_name, _, attr = ours.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         if isinstance(module, Q.QuantizedLinear) and attr == "weight":  # quantized as it is read
-            module.set_weight(tensor, place(ours))
+            module.set_weight(tensor, place(ours), prepare=not keep_portable)
             continue
         quantized_buffer = isinstance(module, Q.QuantizedLinear) and attr != "bias"
         target = dtype if tensor.is_floating_point() and not quantized_buffer else tensor.dtype
@@ -484,6 +485,10 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
     if left:  # every tensor of the model must come from the file (never a random fill)
         raise CheckpointError(f"weights in {folder} left {len(left)} tensor(s) unset: {_summarise(left)}")
+    if stored_q and not keep_portable:
+        for module in model.modules():
+            if isinstance(module, Q.QuantizedLinear):
+                module.prepare()
     _set_generation_config(model, folder, kind)
     if bits is not None:
         setattr(model.config, Q.CONFIG_KEY, {"bits": bits, "group_size": group_size, "kept": kept})

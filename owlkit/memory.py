@@ -21,8 +21,10 @@ memory limit (containers) and ``OWLKIT_MAX_MEMORY`` / the ``max_memory`` argumen
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -160,3 +162,18 @@ def choose_dtype(num_params: int, stored: torch.dtype, device: torch.device, req
     else:
         line += "; no dtype fits: free memory, or use a machine (or GPU) with more"
     raise CheckpointError(line)
+
+
+def release_free_memory() -> None:
+    """Hand memory the process has freed back to the kernel (glibc's ``malloc_trim``; Linux).
+
+    Freed blocks of a few to tens of megabytes stay in glibc's heap, fragmented, so the resident
+    set keeps growing while a model is quantized layer by layer from such temporaries (measured:
+    a peak of 10.3 GB instead of 6-7 GB for the 7B shapes in int4). Cheap enough to call per layer.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -35,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from owlkit.errors import ConfigError
+from owlkit.memory import release_free_memory
 
 BITS = {"int8": 8, "int4": 4}
 DEFAULT_GROUP_SIZE = 128
@@ -94,6 +95,17 @@ def quantize_int4(weight: torch.Tensor, group_size: int, refine: int = 1) -> tup
     return (q[:, ::2] << 4) | q[:, 1::2], scales, zeros
 
 
+CHUNK_ELEMENTS = 16 * 2**20  # quantize about this many weights at a time: float32 temporaries stay small
+
+
+def quantize_rows(weight: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, ...]:
+    """:func:`quantize_int8` / :func:`quantize_int4` over row chunks (same result, bounded memory)."""
+    rows = max(1, CHUNK_ELEMENTS // max(1, weight.shape[1]))
+    parts = [quantize_int8(chunk) if bits == 8 else quantize_int4(chunk, group_size)
+             for chunk in weight.split(rows)]
+    return tuple(torch.cat(column) for column in zip(*parts))
+
+
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 [N, K/2] -> int32 [N, K] with values 0..15."""
     return torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(packed.shape[0], -1).to(torch.int32)
@@ -135,6 +147,14 @@ class QuantizedLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, **factory)) if bias else None
         self._kernel: dict = {}  # the kernel's layout per activation dtype, built on first use
 
+    def nbytes(self) -> int:
+        """Bytes this layer holds: its buffers and the kernel's own layout (int4)."""
+        tensors = [*self.buffers(recurse=False), *self.parameters(recurse=False)]
+        tensors += [t for key, t in self._kernel.items() if key == "packed"]
+        seen = {id(t) for t in tensors}
+        tensors += [pair[1] for key, pair in self._kernel.items() if isinstance(key, torch.dtype) and id(pair[1]) not in seen]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.bits == 4 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{g}"
@@ -150,16 +170,29 @@ class QuantizedLinear(nn.Module):
             layer.bias = nn.Parameter(bias.to(device or bias.device), requires_grad=False)
         return layer
 
-    def set_weight(self, weight: torch.Tensor, device=None) -> None:
-        """Quantize ``weight`` (any float dtype) into this layer's buffers."""
+    def set_weight(self, weight: torch.Tensor, device=None, prepare: bool = False) -> None:
+        """Quantize ``weight`` (any float dtype) into this layer's buffers.
+
+        ``prepare``: build the kernel's layout now and keep no portable copy (int4 on a kernel
+        path: a model loaded to run, not to be saved).
+        """
         device = device or weight.device
         if self.bits == 8:
-            q, scales = quantize_int8(weight)
+            q, scales = quantize_rows(weight, 8, self.group_size)
             self._buffers.update(qweight=q.to(device), scales=scales.to(device))
         else:
-            q, scales, zeros = quantize_int4(weight, self.group_size)
+            q, scales, zeros = quantize_rows(weight, 4, self.group_size)
             self._buffers.update(qweight=q.to(device), scales=scales.to(device), zeros=zeros.to(device))
         self._kernel = {}
+        if prepare:
+            self.prepare()
+        release_free_memory()
+
+    def prepare(self) -> None:
+        """Repack for the kernel now (int4: dropping the portable copy), not at the first product."""
+        path = compute_path(self.bits) if self.qweight.device.type == "cpu" else "dequantize"
+        if path != "dequantize":
+            self._prepared(torch.bfloat16 if path == "kernel-bf16" else torch.float32)
 
     def _load_from_state_dict(self, *args, **kwargs):
         self._kernel = {}
@@ -186,10 +219,11 @@ class QuantizedLinear(nn.Module):
             else:
                 if "packed" not in self._kernel:
                     self._kernel["packed"] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.qweight), 2)
-                    self._kernel["portable_shape"] = tuple(self.qweight.shape)
-                    self._buffers["qweight"] = torch.empty(0, dtype=torch.uint8)
-                scales_zeros = torch.stack([self.scales.T, self.zeros.T], dim=-1).contiguous().to(dtype)
-                self._kernel[dtype] = (self._kernel["packed"], scales_zeros)
+                    self._kernel["scales_zeros"] = torch.stack([self.scales.T, self.zeros.T], dim=-1).contiguous().to(dtype)
+                    # The portable tensors are no longer needed (nor can this layer be saved).
+                    for name in ("qweight", "scales", "zeros"):
+                        self._buffers[name] = torch.empty(0, dtype=self._buffers[name].dtype)
+                self._kernel[dtype] = (self._kernel["packed"], self._kernel["scales_zeros"].to(dtype))
         return self._kernel[dtype]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

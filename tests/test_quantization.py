@@ -130,6 +130,23 @@ def test_trained_weights_keep_their_logits():
             assert float(F.cosine_similarity(logits, reference, dim=0)) >= floor, quantize
 
 
+def test_a_running_int4_model_keeps_one_copy_and_says_it_cannot_be_saved(tmp_path):
+    folder = tmp_path / "m"
+    make_model_folder(folder, "test-owl2", seed=1)
+    running = load_model(folder, quantize="int4", group_size=32)
+    layers = [m for m in running.modules() if isinstance(m, Q.QuantizedLinear) and m.bits == 4]
+    if Q.compute_path(4) == "dequantize":
+        pytest.skip("this CPU runs int4 dequantized: the portable copy is what it uses")
+    assert layers and all(m.qweight.numel() == 0 for m in layers)  # the kernel's layout only
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        running.save_pretrained(tmp_path / "out")
+    portable = load_model(folder, quantize="int4", group_size=32, keep_portable=True)
+    portable.save_pretrained(tmp_path / "out")
+    ids = torch.tensor([[1, 5, 9, 7]])
+    with torch.no_grad():
+        assert torch.equal(load_model(tmp_path / "out")(input_ids=ids).logits, running(input_ids=ids).logits)
+
+
 def test_quantized_loading_counts_the_quantized_bytes(tmp_path):
     folder = tmp_path / "m"
     make_model_folder(folder, "test-owl2", seed=1)

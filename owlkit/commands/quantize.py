@@ -30,7 +30,8 @@ def run(args) -> int:
     if dst.exists() and dst.is_dir() and any(dst.iterdir()):
         raise OwlError(f"{dst} exists and is not empty; choose a new output folder")
     writable_folder(dst, "DST")
-    model = load_model(args.src, dtype=args.dtype, quantize=f"int{args.bits}", group_size=args.group_size)
+    model = load_model(args.src, dtype=args.dtype, quantize=f"int{args.bits}", group_size=args.group_size,
+                       keep_portable=True)
     save_model(model, dst)
     _copy_side_files(Path(args.src), dst)
     info = getattr(model.config, CONFIG_KEY)
