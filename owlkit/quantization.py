@@ -111,6 +111,21 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([packed >> 4, packed & 0xF], dim=-1).reshape(packed.shape[0], -1).to(torch.int32)
 
 
+REPACK_ROWS = 1024  # a multiple of the kernel's row tile (64 with AVX-512, 32 with AVX2)
+
+
+def repack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Portable uint8 [N, K/2] -> the int4 kernel's layout, in row chunks (the kernel tiles rows,
+    so chunks of whole tiles give the same bytes as one call; the int32 input stays small)."""
+    out = None
+    for start in range(0, packed.shape[0], REPACK_ROWS):
+        part = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(packed[start:start + REPACK_ROWS]), 2)
+        if out is None:
+            out = torch.empty((packed.shape[0], *part.shape[1:]), dtype=part.dtype)
+        out[start:start + part.shape[0]] = part
+    return out
+
+
 def dequantize(layer: "QuantizedLinear") -> torch.Tensor:
     """The float32 weight the quantized one stands for (int4: before the kernel repacked it)."""
     if layer.bits == 8:
@@ -218,7 +233,7 @@ class QuantizedLinear(nn.Module):
                 self._kernel[dtype] = (self.qweight, self.scales.to(dtype))
             else:
                 if "packed" not in self._kernel:
-                    self._kernel["packed"] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(self.qweight), 2)
+                    self._kernel["packed"] = repack_int4(self.qweight)
                     self._kernel["scales_zeros"] = torch.stack([self.scales.T, self.zeros.T], dim=-1).contiguous().to(dtype)
                     # The portable tensors are no longer needed (nor can this layer be saved).
                     for name in ("qweight", "scales", "zeros"):

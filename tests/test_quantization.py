@@ -154,3 +154,11 @@ def test_quantized_loading_counts_the_quantized_bytes(tmp_path):
     assert model.config.owlkit_quantization["bits"] == 8
     with pytest.raises(CheckpointError, match="quantized models run on the CPU"):
         load_model(folder, quantize="int8", device_map="auto")
+
+
+def test_the_int4_repack_in_row_chunks_is_the_kernels_layout():
+    if Q.compute_path(4) == "dequantize":
+        pytest.skip("this CPU runs int4 dequantized")
+    q = torch.randint(0, 16, (2 * Q.REPACK_ROWS + 64, 256), dtype=torch.int32)
+    packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
+    assert torch.equal(Q.repack_int4(packed), torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2))
