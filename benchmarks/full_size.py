@@ -46,22 +46,27 @@ def status(key):
             return int(line.split()[1]) * 1024
 
 folder, dtype, decode_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
+quantize = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "none" else None
 torch.manual_seed(0)
 gc.collect()
 base = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")
 start = time.perf_counter()
 try:
-    model = load_model(folder, dtype=dtype)
+    model = load_model(folder, dtype=dtype, quantize=quantize)
 except OwlError as exc:
     print(json.dumps({{"refused": str(exc)}}))
     sys.exit(0)
 load_s = time.perf_counter() - start
 peak = status("VmHWM")
+from owlkit.quantization import QuantizedLinear
 size = sum(p.numel() * p.element_size() for p in model.parameters())
+size += sum(m.nbytes() for m in model.modules() if isinstance(m, QuantizedLinear))
 cfg = model.config
 per_token = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
                 if n.startswith(("language_model.", "lm_head.")) and ".visual." not in n)
+per_token += sum(m.nbytes() for n, m in model.named_modules()
+                 if isinstance(m, QuantizedLinear) and ".visual" not in n)
 size_px = cfg.vision_config.image_size
 ids = torch.randint(3, cfg.text_config.vocab_size, (1, 33))
 ids[0, 0], ids[0, 1] = 1, -200  # BOS, one image
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layouts", default="bin,safetensors")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--decode-tokens", type=int, default=4)
+    parser.add_argument("--quantize", default="none", help="none, int8 or int4: quantized while loading")
     args = parser.parse_args(argv)
     folder = Path(args.dir)
     start = time.perf_counter()
@@ -160,13 +166,14 @@ def main(argv: list[str] | None = None) -> dict:
     for layout in args.layouts.split(","):
         for dtype in args.dtypes.split(","):
             done = subprocess.run([sys.executable, "-c", PROBE.format(here=str(HERE)), str(folder / layout), dtype,
-                                   str(args.decode_tokens)], capture_output=True, text=True)
+                                   str(args.decode_tokens), args.quantize], capture_output=True, text=True)
             if done.returncode != 0:
                 entry = {"error": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
             else:
                 entry = json.loads(done.stdout.strip().splitlines()[-1])
-            result["runs"][f"{layout}/{dtype}"] = entry
-            print(json.dumps({f"{layout}/{dtype}": entry}), file=sys.stderr, flush=True)
+            name = f"{layout}/{dtype}" + (f"+{args.quantize}" if args.quantize != "none" else "")
+            result["runs"][name] = entry
+            print(json.dumps({name: entry}), file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2))
     return result
 
