@@ -36,21 +36,16 @@ import gc, json, sys, time
 sys.path.insert(0, {here!r})
 import torch
 import owlkit.models.owl, transformers.models.llama.modeling_llama, safetensors.torch  # before the baseline
-from machine import copy_bandwidth
+from machine import copy_bandwidth, decode_seconds, proc_status_bytes as status, reset_peak_rss
 from owlkit.checkpoints import load_model
 from owlkit.errors import OwlError
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
 
 folder, dtype, decode_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 quantize = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] != "none" else None
 torch.manual_seed(0)
 gc.collect()
 base = status("VmRSS")
-open("/proc/self/clear_refs", "w").write("5")
+reset_peak_rss()
 start = time.perf_counter()
 try:
     model = load_model(folder, dtype=dtype, quantize=quantize)
@@ -75,16 +70,8 @@ with torch.inference_mode():
     start = time.perf_counter()
     out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
     prefill_s = time.perf_counter() - start
-    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    length = out.logits.shape[1]
-    times = []
-    for i in range(decode_tokens):
-        start = time.perf_counter()
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True,
-                    attention_mask=torch.ones(1, length + i + 1, dtype=torch.long))
-        times.append(time.perf_counter() - start)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-del model, out, cache
+times = decode_seconds(model, out, out.logits.shape[1], decode_tokens)
+del model, out
 gc.collect()
 bandwidth = copy_bandwidth(1024)
 decode = sorted(times)[len(times) // 2]

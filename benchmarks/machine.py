@@ -32,3 +32,33 @@ def matmul_rate(n: int = 1024) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     t = best_time(lambda: a @ b, repeat=10, warmup=2)
     return 2 * n**3 / t
+
+
+def proc_status_bytes(key: str) -> int:
+    """A ``/proc/self/status`` figure in bytes (``VmRSS``, ``VmHWM``; Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def reset_peak_rss() -> None:
+    """Start ``VmHWM`` (the peak resident set) afresh from here."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def decode_seconds(model, out, length: int, tokens: int) -> list[float]:
+    """Seconds of each of ``tokens`` greedy decoding steps after a prefill's output ``out``
+    over ``length`` positions, one token at a time with the cache (batch 1)."""
+    cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    times = []
+    with torch.inference_mode():
+        for i in range(tokens):
+            start = time.perf_counter()
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True,
+                        attention_mask=torch.ones(1, length + i + 1, dtype=torch.long))
+            times.append(time.perf_counter() - start)
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    return times

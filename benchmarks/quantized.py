@@ -60,18 +60,12 @@ def build(preset: str, dtype: torch.dtype, quantize: str | None, group_size: int
 
 
 def decode_times(model, prompt: int, tokens: int) -> list[float]:
+    from machine import decode_seconds
+
     ids = torch.randint(3, model.config.text_config.vocab_size, (1, prompt))
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
-        cache, nxt, length = out.past_key_values, out.logits[:, -1:].argmax(-1), ids.shape[1]
-        times = []
-        for i in range(tokens):
-            start = time.perf_counter()
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True,
-                        attention_mask=torch.ones(1, length + i + 1, dtype=torch.long))
-            times.append(time.perf_counter() - start)
-            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    return times
+    return decode_seconds(model, out, ids.shape[1], tokens)
 
 
 def small(tokens: int) -> dict:
@@ -103,14 +97,9 @@ PROBE = r"""
 import gc, json, sys, time
 sys.path.insert(0, {here!r})
 import torch
-from machine import copy_bandwidth
+from machine import copy_bandwidth, decode_seconds, proc_status_bytes as status
 from quantized import build
 from owlkit import quantization as Q
-
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
 
 quantize = None if sys.argv[1] == "none" else sys.argv[1]
 tokens = int(sys.argv[2])
@@ -136,16 +125,9 @@ with torch.inference_mode():
     start = time.perf_counter()
     out = model(input_ids=ids, pixel_values=pixels, use_cache=True)
     prefill_s = time.perf_counter() - start
-    cache, nxt, length = out.past_key_values, out.logits[:, -1:].argmax(-1), out.logits.shape[1]
-    times = []
-    for i in range(tokens):
-        start = time.perf_counter()
-        out = model(input_ids=nxt, past_key_values=cache, use_cache=True,
-                    attention_mask=torch.ones(1, length + i + 1, dtype=torch.long))
-        times.append(time.perf_counter() - start)
-        cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+times = decode_seconds(model, out, out.logits.shape[1], tokens)
 peak = status("VmHWM")
-del model, out, cache
+del model, out
 gc.collect()
 bandwidth = copy_bandwidth(1024)
 decode = sorted(times)[len(times) // 2]

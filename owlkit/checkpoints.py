@@ -279,9 +279,6 @@ def config_to_official(config: OwlConfig) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-_read_json = read_json
-
-
 def detect_format(folder: str | Path) -> str:
     """``mplug_owl2``, ``mplug-owl`` or ``owlkit`` for a model folder (raises otherwise)."""
     folder = Path(folder)
@@ -290,7 +287,7 @@ def detect_format(folder: str | Path) -> str:
     cfg = folder / "config.json"
     if not cfg.exists():
         raise CheckpointError(f"no config.json in {folder}; expected an official mPLUG-Owl/mPLUG-Owl2 or owlkit model folder")
-    model_type = _read_json(cfg).get("model_type")
+    model_type = read_json(cfg).get("model_type")
     if model_type not in FORMATS:
         raise CheckpointError(
             f"{cfg} has model_type {model_type!r}; owlkit loads {', '.join(repr(k) for k in FORMATS)} folders"
@@ -325,7 +322,7 @@ def _check_table(name: str, got: torch.Tensor, expected: torch.Tensor, folder: P
 
 
 def read_config(folder: Path, kind: str) -> OwlConfig:
-    raw = _read_json(folder / "config.json")
+    raw = read_json(folder / "config.json")
     if kind != OWLKIT:
         return config_from_official(raw)
     try:
@@ -348,16 +345,10 @@ def _plan(index: dict[str, TensorInfo], config: OwlConfig, kind: str, expected: 
         inverse = {official: ours for ours, official in official_names(config).items()}
         inverse.update({official: ours for ours, official in carried.items()})
         buffers = official_buffers(config)
-        missing = [official for official in inverse if official not in index and official not in
-                   {carried[o] for o in carried}]
+        optional = set(carried.values())  # third-party conversions may lack the tables
+        missing = [official for official in inverse if official not in index and official not in optional]
         unexpected = [k for k in index if k not in inverse and k not in buffers]
-        if missing or unexpected:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
-            if unexpected:
-                parts.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
-            raise CheckpointError(f"weights in {folder} do not match config.json: " + "; ".join(parts))
+        _raise_mismatch(f"weights in {folder} do not match config.json", missing, unexpected)
         plan = {name: inverse.get(name) for name in index}
         for name, table in buffers.items():  # shapes of the deterministic tables, before reading
             if name in index and index[name].shape != tuple(table.shape):
@@ -368,16 +359,20 @@ def _plan(index: dict[str, TensorInfo], config: OwlConfig, kind: str, expected: 
     unexpected = [k for k in shapes if k not in expected]
     wrong = [f"{k} {list(shapes[k])} vs {list(expected[k])}" for k in expected
              if k in shapes and tuple(shapes[k]) != tuple(expected[k])]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
-        if wrong:
-            parts.append(f"{len(wrong)} tensor(s) of the wrong shape (file vs config): {_summarise(wrong, 3)}")
-        raise CheckpointError(f"weights in {folder} do not match its config: " + "; ".join(parts))
+    _raise_mismatch(f"weights in {folder} do not match its config", missing, unexpected, wrong)
     return plan
+
+
+def _raise_mismatch(what: str, missing: list[str], unexpected: list[str], wrong: list[str] = ()) -> None:
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensor(s): {_summarise(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} tensor(s): {_summarise(unexpected)}")
+    if wrong:
+        parts.append(f"{len(wrong)} tensor(s) of the wrong shape (file vs config): {_summarise(wrong, 3)}")
+    if parts:
+        raise CheckpointError(f"{what}: " + "; ".join(parts))
 
 
 def _assign(model, name: str, tensor: torch.Tensor) -> None:

@@ -111,13 +111,9 @@ def available_bytes(device: torch.device | str | None = None, max_memory: int | 
     return min(found) if found else None
 
 
-def _needed(num_params: int, dtype: torch.dtype) -> int:
-    return needed_bytes(num_params, dtype)
-
-
-def needed_bytes(num_params: int, dtype: torch.dtype) -> int:
-    """The weights in ``dtype`` plus room to run them."""
-    weights = num_params * torch.empty((), dtype=dtype).element_size()
+def needed_bytes(num_params: int, dtype: torch.dtype, fixed_bytes: int = 0) -> int:
+    """``num_params`` weights in ``dtype`` and ``fixed_bytes`` more (quantized weights), plus room to run them."""
+    weights = num_params * torch.empty((), dtype=dtype).element_size() + fixed_bytes
     return int(weights * (1 + OVERHEAD_SHARE)) + OVERHEAD_BYTES
 
 
@@ -137,28 +133,25 @@ def choose_dtype(num_params: int, stored: torch.dtype, device: torch.device, req
     ``num_params`` are held in the chosen dtype; ``fixed_bytes`` whatever the dtype (quantized
     weights).
     """
-    def needed_bytes(n: int, dtype: torch.dtype) -> int:
-        return _needed(n, dtype) + int(fixed_bytes * (1 + OVERHEAD_SHARE))
+    def needed(dtype: torch.dtype) -> int:
+        return needed_bytes(num_params, dtype, fixed_bytes)
 
     available = available_bytes(device, max_memory)
     if requested is None:
         if device.type != "cpu":
             requested = stored
-        elif available is None or needed_bytes(num_params, torch.float32) <= COMFORTABLE * available:
+        elif available is None or needed(torch.float32) <= COMFORTABLE * available:
             requested = torch.float32
         else:
             requested = torch.bfloat16
-    if available is None or needed_bytes(num_params, requested) <= available:
+    if available is None or needed(requested) <= available:
         return requested
     where = "the GPU has" if device.type == "cuda" else "this machine has"
     count = f"{num_params / 1e9:.2f} B" if num_params >= 1e9 else f"{num_params / 1e6:.1f} M"
-    line = (f"{what} ({count} parameters) needs {gb(needed_bytes(num_params, requested))} in "
+    line = (f"{what} ({count} parameters) needs {gb(needed(requested))} in "
             f"{str(requested).removeprefix('torch.')} and {where} {gb(available)} available")
-    smaller = [d for d in (torch.bfloat16,) if d != requested and needed_bytes(num_params, d) <= available
-               and torch.empty((), dtype=d).element_size() < torch.empty((), dtype=requested).element_size()]
-    if smaller:
-        name = str(smaller[0]).removeprefix("torch.")
-        line += f"; --dtype {name} (dtype={name}) needs {gb(needed_bytes(num_params, smaller[0]))} and fits"
+    if requested == torch.float32 and needed(torch.bfloat16) <= available:  # the one smaller dtype to offer
+        line += f"; --dtype bfloat16 (dtype=bfloat16) needs {gb(needed(torch.bfloat16))} and fits"
     else:
         line += "; no dtype fits: free memory, or use a machine (or GPU) with more"
     raise CheckpointError(line)

@@ -241,25 +241,26 @@ class QuantizedLinear(nn.Module):
                 self._kernel[dtype] = (self._kernel["packed"], self._kernel["scales_zeros"].to(dtype))
         return self._kernel[dtype]
 
+    def _product(self, flat: torch.Tensor, path: str) -> torch.Tensor:
+        """``flat [M, K] @ weight.T`` the way ``path`` says, in ``flat``'s dtype."""
+        if path == "dequantize":
+            return F.linear(flat, dequantize(self).to(flat.dtype))
+        act = torch.bfloat16 if path == "kernel-bf16" else torch.float32
+        weight, scales = self._kernel[act] if act in self._kernel else self._prepared(act)
+        a = flat if flat.dtype == act and flat.is_contiguous() else flat.to(act).contiguous()
+        if self.bits == 8:
+            out = torch.ops.aten._weight_int8pack_mm(a, weight, scales)
+        else:
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(a, weight, self.group_size, scales)
+        return out if out.dtype == flat.dtype else out.to(flat.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Lean on purpose: at decoding, small layers take ~20 us, so Python work here shows.
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if flat.shape[0] == 0:  # e.g. no visual token for a modality branch; the kernels crash on 0 rows
             out = flat.new_zeros(0, self.out_features)
         else:
-            path = compute_path(self.bits) if x.device.type == "cpu" else "dequantize"
-            if path == "dequantize":
-                out = F.linear(flat, dequantize(self).to(x.dtype))
-            else:
-                act = torch.bfloat16 if path == "kernel-bf16" else torch.float32
-                weight, scales = self._kernel[act] if act in self._kernel else self._prepared(act)
-                a = flat if flat.dtype == act and flat.is_contiguous() else flat.to(act).contiguous()
-                if self.bits == 8:
-                    out = torch.ops.aten._weight_int8pack_mm(a, weight, scales)
-                else:
-                    out = torch.ops.aten._weight_int4pack_mm_for_cpu(a, weight, self.group_size, scales)
-                if out.dtype != x.dtype:
-                    out = out.to(x.dtype)
+            out = self._product(flat, compute_path(self.bits) if x.device.type == "cpu" else "dequantize")
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
@@ -283,13 +284,7 @@ def compute_path(bits: int) -> str:
 
 def _time_path(layer: QuantizedLinear, x: torch.Tensor, path: str) -> float:
     def run():
-        if path == "dequantize":
-            return F.linear(x, dequantize(layer))
-        act = torch.bfloat16 if path == "kernel-bf16" else torch.float32
-        weight, scales = layer._prepared(act)
-        if layer.bits == 8:
-            return torch.ops.aten._weight_int8pack_mm(x.to(act), weight, scales)
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(act), weight, layer.group_size, scales)
+        return layer._product(x, path)
 
     run()
     best = float("inf")
@@ -336,7 +331,3 @@ def replace_linears(model, bits: int, group_size: int, skip: set[str] | None = N
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, shell)
     return kept
-
-
-def quantization_info(model) -> dict | None:
-    return getattr(model.config, CONFIG_KEY, None)

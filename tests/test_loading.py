@@ -148,3 +148,18 @@ def test_device_maps_on_a_cpu_machine(tmp_path):
         load_model(folder, device_map={"vision": "cpu", "abstractor": "cpu", "language_model": "cpu"})
     with pytest.raises(CheckpointError, match="disk"):
         load_model(folder, device_map={"": "disk"})
+
+
+def test_convert_stores_the_asked_dtype_and_bad_memory_settings_are_one_line(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "m"
+    make_model_folder(folder, "test-owl2", seed=1)
+    assert owl(["convert", str(folder), str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert {t.dtype for t in read_state_dict(tmp_path / "bf16").values() if t.is_floating_point()} == {torch.bfloat16}
+    capsys.readouterr()
+    monkeypatch.setenv("OWLKIT_MAX_MEMORY", "lots")
+    assert owl(["chat", "--model", str(folder), "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot read 'lots' as a memory size" in err
+    monkeypatch.delenv("OWLKIT_MAX_MEMORY")
+    assert owl(["serve", "--model", str(folder), "--image-cache-mb", "-1", "--port", "0"]) == 2
+    assert "--image-cache-mb" in capsys.readouterr().err

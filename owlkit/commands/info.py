@@ -62,7 +62,7 @@ def run(args) -> int:
     available = available_bytes("cpu")
     print(f"memory to run it (this machine has {gb(available) if available is not None else 'an unknown amount'} available):")
     for dtype in (torch.float32, torch.bfloat16):
-        need = needed_bytes(float_params, dtype) + int(fixed * 1.1)
+        need = needed_bytes(float_params, dtype, fixed)
         verdict = "" if available is None else (
             "  fits comfortably (the CPU default)" if dtype == torch.float32 and need <= COMFORTABLE * available
             else "  fits" if need <= available else "  does not fit")
@@ -74,7 +74,7 @@ def run(args) -> int:
             replace_linears(shell, bits, 128)
             rest = sum(p.numel() for p in shell.parameters())
             q = sum(b.numel() * b.element_size() for m in shell.modules() if isinstance(m, QuantizedLinear) for b in m.buffers())
-            need = needed_bytes(rest, torch.bfloat16) + int(q * 1.1)
+            need = needed_bytes(rest, torch.bfloat16, q)
             verdict = "" if available is None else ("  fits" if need <= available else "  does not fit")
             print(f"  int{bits} (--quantize int{bits}, rest in bfloat16) {gb(need):>9}{verdict}")
     return 0
