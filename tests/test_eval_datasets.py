@@ -11,13 +11,22 @@ import pytest
 from eval_layouts import dump, img, jsonl, mmbench_tsv, mme_layout, png_bytes, vqa_layout
 from owlkit.errors import InputError
 from owlkit.evaluation import score
-from owlkit.evaluation.datasets import (group_dialogues, read_captions, read_gqa, read_mmbench, read_mme,
-                                        read_mmlu, read_owleval, read_owleval_answers, read_pope,
-                                        read_scienceqa, read_seedbench, read_task, read_textvqa, read_vizwiz,
-                                        read_vqa)
-from owlkit.evaluation.prompts import build_prompt
-from owlkit.evaluation.report import (compare, load_results, owleval_html, write_mme_results,
-                                      write_owleval_answers, write_results, write_vqa_submission)
+from owlkit.evaluation.benchmarks import build_prompt, read_task
+from owlkit.evaluation.benchmarks.captions import read_captions
+from owlkit.evaluation.benchmarks.gqa import read_gqa
+from owlkit.evaluation.benchmarks.mmbench import read_mmbench
+from owlkit.evaluation.benchmarks.mme import read_mme, write_mme_results
+from owlkit.evaluation.benchmarks.mmlu import read_mmlu
+from owlkit.evaluation.benchmarks.owleval import (owleval_html, read_owleval, read_owleval_answers,
+                                                  write_owleval_answers)
+from owlkit.evaluation.benchmarks.pope import read_pope
+from owlkit.evaluation.benchmarks.scienceqa import read_scienceqa
+from owlkit.evaluation.benchmarks.seedbench import read_seedbench
+from owlkit.evaluation.benchmarks.textvqa import read_textvqa
+from owlkit.evaluation.benchmarks.vizwiz import read_vizwiz
+from owlkit.evaluation.benchmarks.vqav2 import read_vqa, write_vqa_submission
+from owlkit.evaluation.report import compare, load_results, write_results
+from owlkit.evaluation.samples import group_dialogues
 
 
 # ----------------------------------------------------------------------------- VQA v2 / OK-VQA

@@ -12,8 +12,10 @@ from owlkit.evaluation.captioning import (bleu, caption_scores, cider_d, coco_to
                                           ptb_tokenize, rouge_l)
 from owlkit.evaluation.choice import (choice_accuracy, circular_accuracy, circular_samples,
                                       extract_choice, rotate_choices)
-from owlkit.evaluation.datasets import EvalSample
-from owlkit.evaluation.prompts import PROMPTS, build_prompt, dialogue_prompt, mmmu_prompt
+from owlkit.evaluation.benchmarks import BENCHMARKS, build_prompt
+from owlkit.evaluation.benchmarks.owleval import dialogue_prompt
+from owlkit.evaluation.prompts import mmmu_prompt
+from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import (evalai_normalize, gqa_accuracy, normalize_answer,
                                    process_digit_article, process_punctuation,
                                    vizwiz_submission_answer, vqa_accuracy,
@@ -448,10 +450,10 @@ def test_official_prompts_character_for_character():
     assert build_prompt("mmbench", mmb).startswith("USER: <|image|>A pet.\nWhich animal?\n")
     assert build_prompt("flickr30k", q) == ("USER: <|image|>Provide a one-sentence caption for the provided "
                                             "image. ASSISTANT: ")
-    assert PROMPTS["flickr30k"].generation_kwargs == {"max_new_tokens": 60, "min_new_tokens": 8,
+    assert BENCHMARKS["flickr30k"].prompt.generation_kwargs == {"max_new_tokens": 60, "min_new_tokens": 8,
                                                       "do_sample": False, "num_beams": 1, "length_penalty": 0.0}
-    assert (PROMPTS["vqav2"].max_new_tokens, PROMPTS["vqav2"].min_new_tokens) == (10, 1)
-    assert PROMPTS["mme"].max_new_tokens == 10 and PROMPTS["mmbench"].max_new_tokens == 10
+    assert (BENCHMARKS["vqav2"].prompt.max_new_tokens, BENCHMARKS["vqav2"].prompt.min_new_tokens) == (10, 1)
+    assert BENCHMARKS["mme"].prompt.max_new_tokens == 10 and BENCHMARKS["mmbench"].prompt.max_new_tokens == 10
 
 
 def test_other_prompts():
@@ -468,7 +470,7 @@ def test_other_prompts():
         "USER: Compare <|image|> and <|image|>.\nA. x\nB. y\nAnswer with the option\u2019s letter from the "
         "given choices directly. ASSISTANT: ")
     assert mmmu_prompt("What is <image 1>?").endswith("single word or phrase. ASSISTANT: ")
-    assert not any(p.official for k, p in PROMPTS.items() if k in ("gqa", "pope", "seedbench", "mmlu"))
+    assert not any(b.prompt.official for k, b in BENCHMARKS.items() if k in ("gqa", "pope", "seedbench", "mmlu"))
 
 
 def test_dialogue_prompts():

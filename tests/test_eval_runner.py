@@ -12,11 +12,11 @@ import eval_layouts as layouts
 from helpers import make_model_folder
 from owlkit.cli import main as owl
 from owlkit.errors import InputError
-from owlkit.evaluation.datasets import read_owleval, read_vqa
-from owlkit.evaluation.prompts import build_prompt, dialogue_prompt
+from owlkit.evaluation.benchmarks import BENCHMARKS, build_prompt
+from owlkit.evaluation.benchmarks.owleval import dialogue_prompt, read_owleval
+from owlkit.evaluation.benchmarks.vqav2 import read_vqa
 from owlkit.evaluation.runner import (_encode, evaluate, exact_prompt_ids, generate_exact, option_logprobs,
                                       v1_prompt)
-from owlkit.evaluation.tasks import TASKS
 from owlkit.inference import Owl
 from owlkit.processing.templates import V1_SYSTEM
 from owlkit.processing.tokenizer import encode_prompt
@@ -153,7 +153,7 @@ SUBMISSIONS = {"vqav2": ["vqav2_submission.json"], "vizwiz": ["vizwiz_submission
                "owleval": ["owleval_answers.jsonl", "owleval.html"]}
 
 
-@pytest.mark.parametrize("task", list(TASKS))
+@pytest.mark.parametrize("task", list(BENCHMARKS))
 def test_every_task_end_to_end(task, folder, tmp_path, capsys):
     data = layouts.LAYOUTS[task](tmp_path / "data")
     run = tmp_path / "run"

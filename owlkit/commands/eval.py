@@ -1,8 +1,9 @@
 """``owl eval TASK --model M --data PATH --output DIR``: evaluate a model on a benchmark.
 
 ``owl eval synth --model M --seed S`` scores a model on a held-out synthetic world (per-task
-exact match; no data folder). Otherwise TASK is one of vqav2, okvqa, textvqa, vizwiz, gqa, scienceqa, seedbench, mmbench, mme, pope,
-coco, flickr30k, nocaps, mmlu, owleval. The benchmark is read from its own local layout
+exact match; no data folder). Otherwise TASK names a benchmark of
+:mod:`owlkit.evaluation.benchmarks`: vqav2, okvqa, textvqa, vizwiz, gqa, scienceqa, seedbench,
+mmbench, mme, pope, coco, flickr30k, nocaps, mmlu, owleval. The benchmark is read from its own local layout
 (``docs/evaluation.md``), answered in batches with the task's official prompt and settings,
 each answer appended to ``DIR/<task>_predictions.jsonl`` (a rerun skips the ids already there),
 then scored into ``DIR/results.json`` and ``DIR/results.md``, with the benchmark's submission
@@ -27,9 +28,9 @@ from owlkit.outputs import writable_folder
 
 
 def add_arguments(parser) -> None:
-    from owlkit.evaluation.tasks import TASKS
+    from owlkit.evaluation.benchmarks import BENCHMARKS
 
-    parser.add_argument("task", help=f"one of {', '.join(TASKS)}; or 'compare' followed by run folders")
+    parser.add_argument("task", help=f"one of {', '.join(BENCHMARKS)}; or 'compare' followed by run folders")
     parser.add_argument("runs", nargs="*", help="(compare) run folders written by owl eval")
     parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
     add_load_arguments(parser)
@@ -94,7 +95,7 @@ def _synth(args) -> int:
 
 
 def run(args) -> int:
-    from owlkit.evaluation.tasks import get_task
+    from owlkit.evaluation.benchmarks import get_benchmark
 
     if args.task == "compare":
         return _compare(args)
@@ -102,7 +103,7 @@ def run(args) -> int:
         return _synth(args)
     if args.described:
         raise InputError("--described is for 'owl eval synth' only: the other benchmarks have no scene descriptions")
-    spec = get_task(args.task)
+    spec = get_benchmark(args.task)
     if args.runs:
         raise InputError(f"unexpected argument(s) {' '.join(args.runs)}; run folders are for 'owl eval compare'")
     if not args.data:

@@ -55,7 +55,7 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from owlkit.evaluation.datasets import EvalSample, align_predictions
+from owlkit.evaluation.samples import EvalSample, align_predictions
 
 __all__ = [
     "PTB_PUNCTUATIONS",

@@ -33,8 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from owlkit.evaluation.datasets import (LETTERS, MMBENCH_CIRCULAR_STRIDE, EvalSample,
-                                        align_predictions)
+from owlkit.evaluation.samples import LETTERS, EvalSample, align_predictions
 
 __all__ = [
     "format_options",
@@ -43,7 +42,12 @@ __all__ = [
     "rotate_choices",
     "circular_samples",
     "circular_accuracy",
+    "MMBENCH_CIRCULAR_STRIDE",
 ]
+
+# MMBench: the circular copies of question `i` have index i + k * 1_000_000 (k = 1..N-1);
+# VLMEvalKit groups them with g_index = int(index % 1e6) and the main copy is index == g_index.
+MMBENCH_CIRCULAR_STRIDE = 1_000_000
 
 _ARTICLE_FOLLOWERS_AS_LETTER = {"is", "and", "or", "because", "since", "seems", "looks"}
 

@@ -1,5 +1,7 @@
-"""Evaluation prompts and generation settings, per task, as data.
+"""Evaluation prompts and generation settings as data: :class:`TaskPrompt` and the phrases
+the benchmarks share.
 
+Each benchmark module (:mod:`owlkit.evaluation.benchmarks`) holds its own ``TaskPrompt``.
 Official prompts (``official=True``) are those of mPLUG-Owl2's ``evaluate/*.py`` scripts,
 character for character (spec B6):
 
@@ -13,12 +15,11 @@ character for character (spec B6):
 * captioning: max 60 / min 8 new tokens, ``length_penalty 0``; everything else greedy with
   ``min_new_tokens 1``.
 
-Tasks the official repository has no script for (GQA, VizWiz, POPE, SEED-Bench,
+Benchmarks the official repository has no script for (GQA, VizWiz, POPE, SEED-Bench,
 ScienceQA-IMG, MMLU, OwlEval) use the LLaVA-1.5-style suffixes the mPLUG-Owl2 README
-recommends (``\\nAnswer the question using a single word or phrase.`` and ``\\nAnswer with
-the option’s letter from the given choices directly.``) in the same ``USER: ... ASSISTANT: ``
-frame; these are marked ``official=False``. OwlEval uses the inference chat prompts of each
-generation (no trailing space), see :func:`dialogue_prompt`.
+recommends (:data:`SHORT_ANSWER`, :data:`LETTER_ANSWER`) in the same ``USER: ... ASSISTANT: ``
+frame; these are marked ``official=False``. MMMU has an official script but no reader here:
+:func:`mmmu_prompt` builds its prompts.
 
 Prompts contain the literal image placeholder ``<|image|>`` (one per image).
 """
@@ -34,31 +35,42 @@ from owlkit.evaluation.choice import format_options
 
 __all__ = [
     "IMAGE_PLACEHOLDER",
+    "SHORT_ANSWER",
+    "LETTER_ANSWER",
+    "SHORT_ANSWER_PROMPT",
+    "CHOICE_PROMPT",
+    "OFFICIAL_SCRIPTS",
+    "README_SUFFIX",
     "TaskPrompt",
-    "PROMPTS",
-    "build_prompt",
+    "prompt_fields",
+    "MMMU_CHOICE",
+    "MMMU_OPEN",
     "mmmu_prompt",
-    "dialogue_prompt",
     "format_options",
 ]
 
 IMAGE_PLACEHOLDER = "<|image|>"
 
-_SHORT = "Answer the question using a single word or phrase."
-_LETTER = "Answer with the option\u2019s letter from the given choices directly."
-_OWL1_SYSTEM = ("The following is a conversation between a curious human and AI assistant. The "
-                "assistant gives helpful, detailed, and polite answers to the user's questions.")
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option\u2019s letter from the given choices directly."
+#: the short-answer prompt with a newline before the suffix (MME, GQA, POPE)
+SHORT_ANSWER_PROMPT = "USER: <|image|>{question}\n" + SHORT_ANSWER + " ASSISTANT: "
+#: the image multiple-choice prompt (SEED-Bench)
+CHOICE_PROMPT = "USER: <|image|>{question}\n{options}\n" + LETTER_ANSWER + " ASSISTANT: "
+#: ``source`` prefixes: the official scripts, or the README suffix where there is no script
+OFFICIAL_SCRIPTS = "mPLUG-Owl2 evaluate/"
+README_SUFFIX = "not in the official scripts: mPLUG-Owl2 README suffix (LLaVA-1.5 style)"
 
 
 @dataclass(frozen=True)
 class TaskPrompt:
-    """A prompt template and the generation settings of one task.
+    """A prompt template and the generation settings of one benchmark.
 
     ``template`` is a ``str.format`` template over the fields ``question``, ``hint``,
-    ``options`` and ``context``; ``remove`` is deleted from the formatted prompt afterwards.
+    ``options`` and ``context`` (:func:`prompt_fields`); ``remove`` is deleted from the
+    formatted prompt afterwards.
     """
 
-    task: str
     template: str
     max_new_tokens: int
     min_new_tokens: int = 1
@@ -75,6 +87,10 @@ class TaskPrompt:
             text = text.replace(self.remove, "")
         return text
 
+    def build(self, sample: Any) -> str:
+        """The prompt for one :class:`~owlkit.evaluation.samples.EvalSample`."""
+        return self.format(**prompt_fields(sample))
+
     @property
     def generation_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``generate`` (greedy unless ``do_sample``)."""
@@ -83,69 +99,22 @@ class TaskPrompt:
                 "length_penalty": self.length_penalty}
 
 
-_VQA = "USER: <|image|>{question} " + _SHORT + " ASSISTANT: "
-_SHORT_NL = "USER: <|image|>{question}\n" + _SHORT + " ASSISTANT: "
-_MC = "USER: <|image|>{question}\n{options}\n" + _LETTER + " ASSISTANT: "
-_CAPTION = "USER: <|image|>Provide a one-sentence caption for the provided image. ASSISTANT: "
-_OWL2 = "mPLUG-Owl2 evaluate/"
-_README = "not in the official scripts: mPLUG-Owl2 README suffix (LLaVA-1.5 style)"
-
-PROMPTS: dict[str, TaskPrompt] = {
-    "vqav2": TaskPrompt("vqav2", _VQA, 10, source=_OWL2 + "evaluate_vqa.py"),
-    "okvqa": TaskPrompt("okvqa", _VQA, 10, source=_OWL2 + "evaluate_vqa.py"),
-    "textvqa": TaskPrompt("textvqa", _VQA, 10, source=_OWL2 + "evaluate_vqa.py"),
-    "coco_caption": TaskPrompt("coco_caption", _CAPTION, 60, 8, length_penalty=0.0,
-                               source=_OWL2 + "evaluate_caption.py (written for flickr)"),
-    "flickr30k": TaskPrompt("flickr30k", _CAPTION, 60, 8, length_penalty=0.0,
-                            source=_OWL2 + "evaluate_caption.py"),
-    "nocaps": TaskPrompt("nocaps", _CAPTION, 60, 8, length_penalty=0.0,
-                         source=_OWL2 + "evaluate_caption.py (written for flickr)"),
-    "mme": TaskPrompt("mme", _SHORT_NL, 10, source=_OWL2 + "evaluate_mme.py",
-                      remove="Please answer yes or no."),
-    "mmbench": TaskPrompt("mmbench", "USER: <|image|>{hint}\n{question}\n{options}\n" + _LETTER + " ASSISTANT: ",
-                          10, source=_OWL2 + "evaluate_mmbench.py"),
-    "mmmu_mc": TaskPrompt("mmmu_mc", "USER: {question}\n{options}\n" + _LETTER + " ASSISTANT: ", 20,
-                          source=_OWL2 + "evaluate_mmmu.py (<image k> -> <|image|>)"),
-    "mmmu_open": TaskPrompt("mmmu_open", "USER: {question}\n" + _SHORT + " ASSISTANT: ", 20,
-                            source=_OWL2 + "evaluate_mmmu.py (<image k> -> <|image|>)"),
-    "gqa": TaskPrompt("gqa", _SHORT_NL, 10, official=False, source=_README),
-    "pope": TaskPrompt("pope", _SHORT_NL, 10, official=False, source=_README),
-    "vizwiz": TaskPrompt(
-        "vizwiz",
-        "USER: <|image|>{question}\nWhen the provided information is insufficient, respond with "
-        "'Unanswerable'.\n" + _SHORT + " ASSISTANT: ",
-        10, official=False, source=_README + ", LLaVA-1.5 VizWiz wording"),
-    "seedbench": TaskPrompt("seedbench", _MC, 10, official=False, source=_README),
-    "scienceqa": TaskPrompt("scienceqa", "USER: <|image|>{context}{question}\n{options}\n" + _LETTER + " ASSISTANT: ",
-                            10, official=False, source=_README + ", LLaVA-1.5 ScienceQA context line"),
-    "mmlu": TaskPrompt("mmlu", "USER: {question}\n{options}\n" + _LETTER + " ASSISTANT: ", 10,
-                       official=False, source=_README + " (zero-shot, text only)"),
-    "owleval": TaskPrompt("owleval", "USER: <|image|>{question} ASSISTANT:", 512, official=False,
-                          source="mPLUG-Owl2 inference chat prompt; see dialogue_prompt"),
-    "owleval_v1": TaskPrompt("owleval_v1", _OWL1_SYSTEM + "\nHuman: <|image|>\nHuman: {question}\nAI: ", 512,
-                             official=False, source="mPLUG-Owl (v1) conversation template; see dialogue_prompt"),
-}
-
-
-def build_prompt(task: str, sample: Any) -> str:
-    """The prompt of ``task`` for one :class:`~owlkit.evaluation.datasets.EvalSample`.
-
-    Fields: ``question`` = ``sample.question``; ``hint`` = ``sample.hint`` or ``"N/A"``;
-    ``options`` = ``"A. ...\\nB. ..."`` from ``sample.choices``; ``context`` =
-    ``"Context: {hint}\\n"`` when there is a hint, else empty.
-    """
-    if task not in PROMPTS:
-        raise KeyError(f"no prompt for task {task!r}; known: {', '.join(sorted(PROMPTS))}")
-    if task.startswith("mmmu"):
-        return mmmu_prompt(sample.question, sample.choices)
+def prompt_fields(sample: Any) -> dict[str, str]:
+    """The template fields of a sample: ``question`` = ``sample.question``; ``hint`` =
+    ``sample.hint`` or ``"N/A"``; ``options`` = ``"A. ...\\nB. ..."`` from ``sample.choices``;
+    ``context`` = ``"Context: {hint}\\n"`` when there is a hint, else empty."""
     hint = getattr(sample, "hint", None)
-    fields = {
+    return {
         "question": sample.question,
         "hint": hint if hint else "N/A",
         "options": format_options(getattr(sample, "choices", []) or []),
         "context": f"Context: {hint}\n" if hint else "",
     }
-    return PROMPTS[task].format(**fields)
+
+
+_MMMU_SOURCE = OFFICIAL_SCRIPTS + "evaluate_mmmu.py (<image k> -> <|image|>)"
+MMMU_CHOICE = TaskPrompt("USER: {question}\n{options}\n" + LETTER_ANSWER + " ASSISTANT: ", 20, source=_MMMU_SOURCE)
+MMMU_OPEN = TaskPrompt("USER: {question}\n" + SHORT_ANSWER + " ASSISTANT: ", 20, source=_MMMU_SOURCE)
 
 
 def mmmu_prompt(question: str, choices: Sequence[str] = ()) -> str:
@@ -153,40 +122,6 @@ def mmmu_prompt(question: str, choices: Sequence[str] = ()) -> str:
     ``<image k>`` becomes ``<|image|>`` (the images are then given in order). The official
     script replaces k = 1..5 only; the few MMMU questions with 6 or 7 images would keep
     ``<image 6>`` as text there."""
-    task = "mmmu_mc" if choices else "mmmu_open"
-    text = PROMPTS[task].format(question=question, options=format_options(choices))
+    prompt = MMMU_CHOICE if choices else MMMU_OPEN
+    text = prompt.format(question=question, options=format_options(choices))
     return re.sub(r"<image \d+>", IMAGE_PLACEHOLDER, text)
-
-
-def dialogue_prompt(turns: Sequence[tuple[str, str | None]], generation: int = 2) -> str:
-    """A multi-turn chat prompt with one image, the way the demos of each generation build it.
-
-    ``turns`` = ``[(question, answer), ..., (last question, None)]``.
-
-    * generation 2 (spec B4, inference): ``USER: <|image|>{q1} ASSISTANT: {a1}</s>USER: {q2}
-      ASSISTANT:`` (no trailing space);
-    * generation 1 (spec A4.3): the system line, ``Human: <|image|>``, then ``Human: {q}`` /
-      ``AI: {a}`` lines joined by ``\\n``, ending with ``AI: `` (trailing space). The v1
-      checkpoints expect ``<image>``: the v1 processor maps the placeholder.
-    """
-    if not turns:
-        raise ValueError("dialogue_prompt needs at least one turn")
-    if generation == 2:
-        parts = []
-        for i, (q, a) in enumerate(turns):
-            q = (IMAGE_PLACEHOLDER + q) if i == 0 else q
-            if a is None:
-                parts.append(f"USER: {q} ASSISTANT:")
-                break
-            parts.append(f"USER: {q} ASSISTANT: {a}</s>")
-        return "".join(parts)
-    if generation == 1:
-        lines = [_OWL1_SYSTEM, f"Human: {IMAGE_PLACEHOLDER}"]
-        for q, a in turns:
-            lines.append(f"Human: {q}")
-            if a is None:
-                lines.append("AI: ")
-                break
-            lines.append(f"AI: {a}")
-        return "\n".join(lines)
-    raise ValueError(f"generation must be 1 or 2, not {generation!r}")

@@ -1,5 +1,4 @@
-"""Evaluation results on disk: JSON + Markdown, run comparison with a bar chart, submission
-files in the benchmarks' official formats, and the OwlEval side-by-side HTML report.
+"""Evaluation results on disk: JSON + Markdown, and run comparison with a bar chart.
 
 A *run folder* holds ``results.json`` (``{"tasks": {task: {"metrics": {...}, ...}}}``, merged
 task by task by :func:`write_results`), ``results.md`` (the same as Markdown tables, rewritten
@@ -7,31 +6,21 @@ on every write) and ``<task>_details.json`` (per-question scores and extracted a
 of the summary). :func:`compare` puts several run folders side by side and draws
 ``comparison.png`` (matplotlib, imported lazily, Agg canvas; no pyplot state is touched).
 
-Submission formats: VQA v2 test-dev ``[{question_id, answer}]`` with EvalAI-normalised
-answers (:func:`write_vqa_submission`, as mPLUG-Owl2's ``evaluate_vqa.py``); MME
-``Your_Results/<task>.txt`` lines ``image\\tquestion\\tgt\\tprediction`` read by the official
-``eval_tool/calculation.py`` (:func:`write_mme_results`); MMBench ``.xlsx`` with columns
-``index, question, prediction, A, B, C, D`` for the evaluation server
-(:func:`write_mmbench_submission`, needs openpyxl); OwlEval answers
-``{image, question_id, question, answer, model_id}`` JSONL (:func:`write_owleval_answers`).
+The submission files in the benchmarks' official formats are written by each benchmark's
+module (:mod:`owlkit.evaluation.benchmarks`).
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
-import io
 import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 from owlkit.errors import InputError
-from owlkit.evaluation.datasets import LETTERS, EvalSample, align_predictions, group_dialogues
 
 __all__ = [
     "DETAIL_KEYS",
@@ -41,11 +30,6 @@ __all__ = [
     "write_results",
     "load_results",
     "compare",
-    "write_vqa_submission",
-    "write_mme_results",
-    "write_mmbench_submission",
-    "write_owleval_answers",
-    "owleval_html",
 ]
 
 DETAIL_KEYS = ("per_question", "per_image", "per_group", "extracted")
@@ -233,167 +217,3 @@ def compare(dirs: Sequence[str | Path], png: str | Path | None = None,
         out_png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out_png, dpi=100)
     return {"table": table, "png": out_png}
-
-
-# ---------------------------------------------------------------------------------------------
-# submission files
-
-
-def write_vqa_submission(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                         path: str | Path, normalize: bool = True) -> Path:
-    """VQA v2 test-dev/test-std (EvalAI) result file ``[{question_id, answer}]``; answers go
-    through the EvalAI processor unless ``normalize`` is false."""
-    from owlkit.evaluation.vqa import evalai_normalize
-
-    preds = align_predictions(samples, predictions)
-    rows = [{"question_id": s.id, "answer": evalai_normalize(preds[s.id]) if normalize else preds[s.id]}
-            for s in samples]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    return out
-
-
-def write_mme_results(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                      folder: str | Path) -> list[Path]:
-    """``<folder>/<task>.txt`` with ``image\\tquestion\\tgt\\tprediction`` lines, the input of
-    MME's ``eval_tool/calculation.py`` (tabs and newlines in predictions become spaces)."""
-    preds = align_predictions(samples, predictions)
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    lines: dict[str, list[str]] = {}
-    for s in samples:
-        pred = " ".join(preds[s.id].replace("\t", " ").splitlines())
-        lines.setdefault(s.metadata["task"], []).append(
-            f"{s.metadata['image_name']}\t{s.question}\t{s.answers[0]}\t{pred}")
-    written = []
-    for task, ls in lines.items():
-        p = out / f"{task}.txt"
-        p.write_text("\n".join(ls) + "\n", encoding="utf-8")
-        written.append(p)
-    return written
-
-
-def write_mmbench_submission(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                             path: str | Path) -> Path:
-    """The ``.xlsx`` the MMBench server takes: ``index, question, prediction, A, B, C, D``
-    (one row per TSV row, raw predictions, as mPLUG-Owl2's ``evaluate_mmbench.py``)."""
-    try:
-        import pandas as pd
-        import openpyxl  # noqa: F401  (pandas' xlsx writer)
-    except ImportError:
-        raise InputError("writing the MMBench .xlsx needs pandas and openpyxl: pip install openpyxl") from None
-    preds = align_predictions(samples, predictions)
-    rows = []
-    for s in samples:
-        row = {"index": s.metadata.get("index", s.id), "question": s.question, "prediction": preds[s.id]}
-        for i, letter in enumerate(LETTERS[:4]):
-            row[letter] = s.choices[i] if i < len(s.choices) else None
-        rows.append(row)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_excel(out, index=False)
-    return out
-
-
-def write_owleval_answers(samples: Sequence[EvalSample], answers: Mapping[Any, str] | Sequence[str],
-                          path: str | Path, model_id: str) -> Path:
-    """Our OwlEval answers in the published format: one
-    ``{image, question_id, question, answer, model_id}`` per line."""
-    preds = align_predictions(samples, answers)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        for s in samples:
-            row = {"image": s.metadata.get("image_name", s.image.name if s.image else None),
-                   "question_id": s.id, "question": s.question, "answer": preds[s.id], "model_id": model_id}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# OwlEval HTML
-
-
-def _image_src(image: Path, out_dir: Path, embed: str, size: int) -> str:
-    if embed == "relative":
-        rel = os.path.relpath(Path(image).resolve(), out_dir.resolve())
-        return quote(rel.replace(os.sep, "/"))
-    if embed != "base64":
-        raise ValueError(f"embed must be 'relative' or 'base64', not {embed!r}")
-    try:
-        from PIL import Image
-
-        with Image.open(image) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="JPEG", quality=85)
-        data, mime = buf.getvalue(), "image/jpeg"
-    except ImportError:  # pragma: no cover - Pillow is a dependency
-        data = Path(image).read_bytes()
-        mime = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; }
-table { border-collapse: collapse; width: 100%; table-layout: fixed; }
-th, td { border: 1px solid #ccc; padding: 6px; vertical-align: top; font-size: 13px; }
-th { background: #f2f2f2; position: sticky; top: 0; }
-td.answer { white-space: pre-wrap; }
-td.ours { background: #eef6ff; }
-td.image img { max-width: 100%; }
-td.question { font-weight: 600; white-space: pre-wrap; }
-.meta { color: #666; font-weight: normal; font-size: 11px; }
-"""
-
-
-def owleval_html(samples: Sequence[EvalSample], answers: Mapping[Any, str] | Sequence[str],
-                 out_path: str | Path, *, published: Mapping[str, Mapping[int, str]] | None = None,
-                 model_name: str = "owlkit", embed: str = "relative", thumbnail: int = 320,
-                 title: str = "OwlEval") -> Path:
-    """A self-contained HTML page: per dialogue the image (relative link or base64
-    thumbnail), then per turn the question, our answer and each published system's answer
-    (``published`` as read by :func:`~owlkit.evaluation.datasets.read_owleval_answers`)."""
-    preds = align_predictions(samples, answers)
-    published = dict(published or {})
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    systems = list(published)
-    head = ["Image", "Question", model_name] + systems
-    rows = []
-    for dialogue in group_dialogues(samples):
-        first = dialogue[0]
-        src = _image_src(first.image, out.parent, embed, thumbnail) if first.image else ""
-        for t, s in enumerate(dialogue):
-            cells = []
-            if t == 0:
-                alt = html.escape(first.metadata.get("image_name", ""))
-                cells.append(f'<td class="image" rowspan="{len(dialogue)}"><img src="{src}" alt="{alt}" '
-                             f'loading="lazy"></td>')
-            meta = []
-            if s.metadata.get("ability"):
-                meta.append("ability " + ",".join(s.metadata["ability"]))
-            if len(dialogue) > 1:
-                meta.append(f"turn {t + 1}/{len(dialogue)}")
-            cells.append(f'<td class="question">#{html.escape(str(s.id))} {html.escape(s.question)}'
-                         f'<div class="meta">{html.escape("; ".join(meta))}</div></td>')
-            cells.append(f'<td class="answer ours">{html.escape(str(preds[s.id]))}</td>')
-            for name in systems:
-                ans = published[name].get(s.id, published[name].get(str(s.id), "")) if isinstance(
-                    published[name], Mapping) else ""
-                cells.append(f'<td class="answer">{html.escape(str(ans))}</td>')
-            rows.append("<tr>" + "".join(cells) + "</tr>")
-    widths = ["14%", "14%"] + [f"{72 / (1 + len(systems)):.1f}%"] * (1 + len(systems))
-    colgroup = "".join(f'<col style="width:{w}">' for w in widths)
-    doc = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p>{len(samples)} questions, {len(systems)} published systems.</p>"
-        f"<table><colgroup>{colgroup}</colgroup><thead><tr>"
-        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
-        + "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></body></html>\n"
-    )
-    out.write_text(doc, encoding="utf-8")
-    return out

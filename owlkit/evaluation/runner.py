@@ -8,15 +8,15 @@
     result = evaluate("vqav2", Owl.load("mplug-owl2-7b"), "data/vqav2", "runs/owl2", limit=100)
     result["metrics"]["overall"]
 
-Steps: read the benchmark with its reader (:mod:`.datasets`; bad input raises
-:class:`~owlkit.errors.InputError` before the model is touched), build the task's prompt
-(:mod:`.prompts`), answer in batches, append every answer to ``<output>/<task>_predictions.jsonl``
-as soon as its batch is done, score (:data:`owlkit.evaluation.METRICS`), and write
-``results.json`` / ``results.md`` (:func:`.report.write_results`) plus the benchmark's
-submission file where one exists. Ids already in the predictions file are not asked again,
+Steps: look the benchmark up (:data:`~owlkit.evaluation.benchmarks.BENCHMARKS`), read it with
+its reader (bad input raises :class:`~owlkit.errors.InputError` before the model is touched),
+build its prompt, answer in batches, append every answer to ``<output>/<task>_predictions.jsonl``
+as soon as its batch is done, score with its metric, and write ``results.json`` /
+``results.md`` (:func:`.report.write_results`) plus the benchmark's submission file where it
+has one. Ids already in the predictions file are not asked again,
 so an interrupted run resumes where it stopped (a half-written last line is dropped).
 
-How the model answers (``EvalTask.kind``):
+How the model answers (``Benchmark.kind``):
 
 * ``generate`` (:func:`generate_exact`): the official prompt string is tokenized as it is
   (:func:`exact_prompt_ids`, ``encode_prompt``), trailing space after ``ASSISTANT:``
@@ -34,9 +34,9 @@ How the model answers (``EvalTask.kind``):
   in one conversation, with the model's own earlier answers as assistant messages; turn
   ``t`` of every dialogue is batched together.
 
-MMBench is run with CircularEval: every question is asked once per rotation of its options
-(:func:`~owlkit.evaluation.choice.circular_samples`), ``--limit`` counting questions.
-OwlEval's ``--limit`` counts dialogues.
+What ``--limit`` keeps is the benchmark's ``select``: MMBench is run with CircularEval, every
+question asked once per rotation of its options, ``--limit`` counting questions; OwlEval's
+``--limit`` counts dialogues.
 """
 
 from __future__ import annotations
@@ -50,9 +50,8 @@ from typing import Any
 
 from owlkit.errors import InputError
 from owlkit.evaluation import report
-from owlkit.evaluation.datasets import LETTERS, EvalSample, READERS, group_dialogues
-from owlkit.evaluation.prompts import PROMPTS, build_prompt
-from owlkit.evaluation.tasks import EvalTask, get_task, resolve_data
+from owlkit.evaluation.benchmarks import Benchmark, RunFolder, get_benchmark
+from owlkit.evaluation.samples import LETTERS, EvalSample, group_dialogues
 
 __all__ = [
     "v1_prompt",
@@ -310,14 +309,12 @@ class PredictionStore:
 # reading
 
 
-def load_samples(task: str | EvalTask, data: str | Path, *, limit: int | None = None,
+def load_samples(task: str | Benchmark, data: str | Path, *, limit: int | None = None,
                  images: str | Path | None = None, split: str | None = None,
                  annotations: str | Path | None = None) -> list[EvalSample]:
     """The samples the run will answer: the reader's, cut to ``limit`` (MMBench: ``limit``
     questions, each expanded into its circular copies; OwlEval: ``limit`` dialogues)."""
-    from owlkit.evaluation.choice import circular_samples
-
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = get_benchmark(task) if isinstance(task, str) else task
     if limit is not None and limit <= 0:
         raise InputError("--limit must be positive")
     given = {"images": images, "split": split, "annotations": annotations}
@@ -328,16 +325,8 @@ def load_samples(task: str | EvalTask, data: str | Path, *, limit: int | None = 
         if option not in spec.options:
             raise InputError(f"--{option} does not apply to task {spec.name}")
         kwargs[spec.options[option]] = value
-    path = resolve_data(spec, data)
-    samples = READERS[spec.key](path, **kwargs)
-    if spec.name == "mmbench":
-        main = [s for s in samples if not s.metadata.get("circular_copy", 0)]
-        samples = circular_samples(main[:limit] if limit else main)
-    elif spec.kind == "dialogue":
-        dialogues = group_dialogues(samples)
-        samples = [s for d in (dialogues[:limit] if limit else dialogues) for s in d]
-    else:
-        samples = samples[:limit] if limit else samples
+    path = spec.resolve_data(data)
+    samples = spec.select(spec.reader(path, **kwargs), limit)
     if not samples:
         raise InputError(f"{path}: no samples for task {spec.name}; expected {spec.layout}")
     return samples
@@ -353,9 +342,9 @@ def _bar(total: int, task: str, progress: bool):
     return tqdm(total=total, unit="answer", desc=task, file=sys.stderr, disable=not progress or total == 0)
 
 
-def _run_generate(owl, spec: EvalTask, samples, store, *, batch_size, max_new, min_new, image_mode,
+def _run_generate(owl, spec: Benchmark, samples, store, *, batch_size, max_new, min_new, image_mode,
                   progress) -> int:
-    prompts = {s.id: build_prompt(spec.key, s) for s in samples}
+    prompts = {s.id: spec.prompt.build(s) for s in samples}
     version = owl.processor.owl_version
     for s in samples:
         store.check(s.id, "prompt", exact_prompt(prompts[s.id], version))
@@ -374,8 +363,8 @@ def _run_generate(owl, spec: EvalTask, samples, store, *, batch_size, max_new, m
     return len(todo)
 
 
-def _run_loglik(owl, spec: EvalTask, samples, store, *, batch_size, progress) -> int:
-    prompts = {s.id: build_prompt(spec.key, s) for s in samples}
+def _run_loglik(owl, spec: Benchmark, samples, store, *, batch_size, progress) -> int:
+    prompts = {s.id: spec.prompt.build(s) for s in samples}
     version = owl.processor.owl_version
     for s in samples:
         store.check(s.id, "prompt", exact_prompt(prompts[s.id], version))
@@ -400,7 +389,7 @@ def _run_loglik(owl, spec: EvalTask, samples, store, *, batch_size, progress) ->
     return len(todo)
 
 
-def _run_dialogues(owl, spec: EvalTask, samples, store, *, batch_size, max_new, image_mode, progress) -> int:
+def _run_dialogues(owl, spec: Benchmark, samples, store, *, batch_size, max_new, image_mode, progress) -> int:
     from owlkit.processing.templates import render
 
     for s in samples:
@@ -452,46 +441,7 @@ def _run_dialogues(owl, spec: EvalTask, samples, store, *, batch_size, max_new, 
     return total
 
 
-def _write_submission(spec: EvalTask, samples, preds, output: Path, *, data: Path, model_id: str,
-                      html_embed: str) -> list[Path]:
-    kind = spec.submission
-    if kind == "vqa":
-        return [report.write_vqa_submission(samples, preds, output / f"{spec.name}_submission.json")]
-    if kind == "vizwiz":
-        from owlkit.evaluation.vqa import vizwiz_submission_answer
-
-        out = output / f"{spec.name}_submission.json"
-        out.write_text(json.dumps([{"image": str(s.id), "answer": vizwiz_submission_answer(preds[s.id])}
-                                   for s in samples], ensure_ascii=False), encoding="utf-8")
-        return [out]
-    if kind == "mme":
-        return report.write_mme_results(samples, preds, output / "mme_results")
-    if kind == "mmbench":
-        try:
-            import openpyxl  # noqa: F401
-            import pandas  # noqa: F401
-        except ImportError:
-            out = output / f"{spec.name}_submission.tsv"
-            lines = ["\t".join(["index", "question", "prediction", "A", "B", "C", "D"])]
-            for s in samples:
-                cells = [str(s.metadata.get("index", s.id)), s.question, preds[s.id]]
-                cells += [s.choices[i] if i < len(s.choices) else "" for i in range(4)]
-                lines.append("\t".join(" ".join(str(c).replace("\t", " ").splitlines()) for c in cells))
-            out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-            return [out]
-        return [report.write_mmbench_submission(samples, preds, output / f"{spec.name}_submission.xlsx")]
-    if kind == "owleval":
-        from owlkit.evaluation.datasets import read_owleval_answers
-
-        folder = data if data.is_dir() else data.parent
-        published = read_owleval_answers(folder) if any((folder / "answer").glob("*.jsonl")) else {}
-        return [report.write_owleval_answers(samples, preds, output / f"{spec.name}_answers.jsonl", model_id),
-                report.owleval_html(samples, preds, output / f"{spec.name}.html", published=published,
-                                    model_name=model_id, embed=html_embed)]
-    return []
-
-
-def evaluate(task: str | EvalTask, owl, data: str | Path, output: str | Path, *,
+def evaluate(task: str | Benchmark, owl, data: str | Path, output: str | Path, *,
              samples: Sequence[EvalSample] | None = None, limit: int | None = None, batch_size: int = 8,
              image_mode: str | None = None, max_new_tokens: int | None = None,
              images: str | Path | None = None, split: str | None = None, annotations: str | Path | None = None,
@@ -503,10 +453,9 @@ def evaluate(task: str | EvalTask, owl, data: str | Path, output: str | Path, *,
     overrides the task's (``min_new_tokens`` is clamped to it). Returns ``{"task", "metrics"
     (summary), "files", "generated", "reused"}``.
     """
-    from owlkit.evaluation import score
     from owlkit.processing.images import MODES
 
-    spec = get_task(task) if isinstance(task, str) else task
+    spec = get_benchmark(task) if isinstance(task, str) else task
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
     if max_new_tokens is not None and max_new_tokens <= 0:
@@ -522,7 +471,7 @@ def evaluate(task: str | EvalTask, owl, data: str | Path, output: str | Path, *,
         raise InputError(f"{output}: is a file; the output is the run folder to write")
     output.mkdir(parents=True, exist_ok=True)
     store = PredictionStore(output / f"{spec.name}_predictions.jsonl")
-    setting = PROMPTS[spec.key]
+    setting = spec.prompt
     max_new = int(max_new_tokens or setting.max_new_tokens)
     min_new = min(setting.min_new_tokens, max_new)
     mode = image_mode or owl.processor.image_processor.mode
@@ -557,11 +506,12 @@ def evaluate(task: str | EvalTask, owl, data: str | Path, output: str | Path, *,
         run_info["scored"] = "no reference answers (test split): see the submission file"
     else:
         try:
-            metrics = score(spec.key, samples, preds)
+            metrics = spec.metric(samples, preds)
         except ValueError as exc:
             raise InputError(f"cannot score {spec.name}: {exc}") from None
     files = [report.write_results(output, spec.name, metrics, info=run_info), output / "results.md", store.path]
-    files += _write_submission(spec, samples, preds, output, data=data, model_id=model_id, html_embed=html_embed)
+    if spec.submission is not None:
+        files += spec.submission(samples, preds, RunFolder(output, spec.name, data, model_id, html_embed))
     summary, _ = report.split_details(metrics)
     return {"task": spec.name, "metrics": summary, "files": files, "generated": generated,
             "reused": len(samples) - generated}

@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from owlkit.errors import InputError
-from owlkit.evaluation.datasets import EvalSample, align_predictions
+from owlkit.evaluation.samples import EvalSample, align_predictions
 
 __all__ = [
     "CONTRACTIONS",

@@ -34,9 +34,15 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from owlkit.evaluation.datasets import MME_COGNITION, MME_PERCEPTION, EvalSample, align_predictions
+from owlkit.evaluation.samples import EvalSample, align_predictions
 
-__all__ = ["mme_label", "mme_scores", "pope_label", "pope_metrics"]
+__all__ = ["MME_PERCEPTION", "MME_COGNITION", "MME_TASKS", "mme_label", "mme_scores", "pope_label", "pope_metrics"]
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
+                  "landmark", "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation",
+                 "code_reasoning")
+MME_TASKS = MME_PERCEPTION + MME_COGNITION
 
 
 def mme_label(answer: str) -> str:
@@ -63,7 +69,7 @@ def _safe_div(a: float, b: float) -> float:
 def mme_scores(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str]
                ) -> dict[str, Any]:
     """MME scores of raw answers. Samples need ``metadata["task"]``, ``metadata["image_name"]``
-    and ``answers[0]`` in Yes/No (what :func:`owlkit.evaluation.datasets.read_mme` gives).
+    and ``answers[0]`` in Yes/No (what :func:`owlkit.evaluation.benchmarks.mme.read_mme` gives).
 
     Returns ``{"perception", "cognition", "total", "tasks": {task: {"score", "acc",
     "acc_plus", "TP", "FN", "TN", "FP", "precision", "recall", "other_num", "n", "images"}},
