@@ -19,7 +19,7 @@ from typing import Any, Callable
 from owlkit.errors import InputError
 
 __all__ = ["expand", "load_json", "iter_records", "need", "ImageFinder", "first_dir", "first_file",
-           "find_file", "answers_list"]
+           "find_file", "file_or_find", "answers_list"]
 
 
 def expand(p: str | Path) -> Path:
@@ -109,6 +109,7 @@ def first_file(candidates: Sequence[Path]) -> Path | None:
 
 
 def find_file(folder: Path, predicate: Callable[[Path], bool], what: str, layout: str) -> Path:
+    """The one file of ``folder`` that ``predicate`` accepts ("no ... found" / "several ..." otherwise)."""
     found = sorted(p for p in folder.iterdir() if p.is_file() and predicate(p))
     if not found:
         raise InputError(f"{folder}: no {what} found; expected {layout}")
@@ -116,6 +117,16 @@ def find_file(folder: Path, predicate: Callable[[Path], bool], what: str, layout
         names = ", ".join(p.name for p in found)
         raise InputError(f"{folder}: several {what} ({names}); pass the file itself")
     return found[0]
+
+
+def file_or_find(path: Path, predicate: Callable[[Path], bool], what: str, layout: str) -> Path:
+    """``path`` when it is a file, else the one file of the folder ``path`` that ``predicate``
+    accepts (:func:`find_file`); "not found" when it is neither."""
+    if path.is_dir():
+        return find_file(path, predicate, what, layout)
+    if path.is_file():
+        return path
+    raise InputError(f"{path}: not found; expected {layout}")
 
 
 def answers_list(value: Any, where: str) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.prompts import README_SUFFIX, SHORT_ANSWER_PROMPT, TaskPrompt
-from owlkit.evaluation.readers import ImageFinder, expand, find_file, first_dir, load_json, need
+from owlkit.evaluation.readers import ImageFinder, expand, file_or_find, first_dir, load_json, need
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import gqa_accuracy
 
@@ -25,13 +25,8 @@ def read_gqa(path: str | Path, *, images: str | Path | None = None,
     """GQA: a questions JSON dict ``{qid: {imageId, question, answer, types?}}`` plus
     ``images/<imageId>.jpg``. ``path`` is the JSON or a folder holding exactly one."""
     path = expand(path)
-    if path.is_dir():
-        jfile = find_file(path, lambda p: p.suffix == ".json" and "question" in p.name.lower(),
-                           "GQA questions JSON", _GQA_LAYOUT)
-    elif path.is_file():
-        jfile = path
-    else:
-        raise InputError(f"{path}: not found; expected {_GQA_LAYOUT}")
+    jfile = file_or_find(path, lambda p: p.suffix == ".json" and "question" in p.name.lower(), "GQA questions JSON",
+                         _GQA_LAYOUT)
     data = load_json(jfile)
     if not isinstance(data, dict):
         raise InputError(f"{jfile}: not a GQA questions file; expected {_GQA_LAYOUT}")

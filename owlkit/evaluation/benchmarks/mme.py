@@ -5,7 +5,7 @@ official ``eval_tool/calculation.py`` reads."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,18 @@ _MME_LAYOUT = ("MME_Benchmark_release_version/ with one folder per subtask (exis
 
 def _mme_image(task_dir: Path, name: str) -> list[Path]:
     return [task_dir / name, task_dir / "images" / name]
+
+
+def _tab_lines(tfile: Path, encoding: str, columns: int, expected: str) -> Iterator[tuple[str, list[str]]]:
+    """(``file:line``, cells) of the non-empty lines of a tab-separated ``.txt``."""
+    for lineno, line in enumerate(tfile.read_text(encoding=encoding).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{tfile}:{lineno}"
+        parts = line.split("\t")
+        if len(parts) < columns:
+            raise InputError(f"{where}: malformed line: expected {expected}")
+        yield where, parts
 
 
 def _mme_gt(value: str, where: str) -> str:
@@ -76,13 +88,7 @@ def read_mme(path: str | Path, *, tasks: Sequence[str] | None = None, images: st
                     raise InputError(f"{templates}: no {task}.txt; expected {_MME_LAYOUT}")
                 continue
             found.append(task)
-            for lineno, line in enumerate(tfile.read_text(encoding="utf-8").splitlines(), 1):
-                if not line.strip():
-                    continue
-                where = f"{tfile}:{lineno}"
-                parts = line.split("\t")
-                if len(parts) < 3:
-                    raise InputError(f"{where}: malformed line: expected image<TAB>question<TAB>gt")
+            for where, parts in _tab_lines(tfile, "utf-8", 3, "image<TAB>question<TAB>gt"):
                 name, question, gt = parts[0], parts[1], _mme_gt(parts[2], where)
                 image = imgs.get(_mme_image(root / task, name), where)
                 samples.append(_mme_sample(task, category, name, question, gt, image, len(samples)))
@@ -103,13 +109,7 @@ def read_mme(path: str | Path, *, tasks: Sequence[str] | None = None, images: st
         for tfile in txts:
             cands = [idir / (tfile.stem + ext) for ext in IMAGE_EXTENSIONS]
             image = imgs.get(cands, f"{tfile}:1")
-            for lineno, line in enumerate(tfile.read_text(encoding="utf-8-sig").splitlines(), 1):
-                if not line.strip():
-                    continue
-                where = f"{tfile}:{lineno}"
-                parts = line.split("\t")
-                if len(parts) < 2:
-                    raise InputError(f"{where}: malformed line: expected question<TAB>Yes|No")
+            for where, parts in _tab_lines(tfile, "utf-8-sig", 2, "question<TAB>Yes|No"):
                 samples.append(_mme_sample(task, category, image.name, parts[0], _mme_gt(parts[1], where),
                                            image, len(samples)))
     if not found:

@@ -10,7 +10,7 @@ from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.choice import choice_accuracy
 from owlkit.evaluation.prompts import CHOICE_PROMPT, README_SUFFIX, TaskPrompt
-from owlkit.evaluation.readers import ImageFinder, expand, find_file, first_dir, load_json, need
+from owlkit.evaluation.readers import ImageFinder, expand, file_or_find, first_dir, load_json, need
 from owlkit.evaluation.samples import EvalSample
 
 __all__ = ["read_seedbench", "BENCHMARK"]
@@ -29,13 +29,8 @@ def read_seedbench(path: str | Path, *, images: str | Path | None = None,
                    check_images: bool = True) -> list[EvalSample]:
     """SEED-Bench: the ``data_type == "image"`` questions; ``answers`` = [gold letter]."""
     path = expand(path)
-    if path.is_dir():
-        jfile = find_file(path, lambda p: p.suffix == ".json" and "seed" in p.name.lower(),
-                           "SEED-Bench JSON", _SEED_LAYOUT)
-    elif path.is_file():
-        jfile = path
-    else:
-        raise InputError(f"{path}: not found; expected {_SEED_LAYOUT}")
+    jfile = file_or_find(path, lambda p: p.suffix == ".json" and "seed" in p.name.lower(), "SEED-Bench JSON",
+                         _SEED_LAYOUT)
     data = load_json(jfile)
     if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
         raise InputError(f"{jfile}: not a SEED-Bench file; expected {_SEED_LAYOUT}")

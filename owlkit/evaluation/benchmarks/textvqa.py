@@ -9,7 +9,7 @@ from pathlib import Path
 from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.benchmarks.vqav2 import VQA_PROMPT, read_vqa
-from owlkit.evaluation.readers import ImageFinder, answers_list, expand, find_file, first_dir, load_json, need
+from owlkit.evaluation.readers import ImageFinder, answers_list, expand, file_or_find, first_dir, load_json, need
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import vqa_accuracy
 
@@ -26,13 +26,8 @@ def read_textvqa(path: str | Path, *, images: str | Path | None = None,
     path = expand(path)
     if path.is_file() and path.suffix == ".jsonl":
         return read_vqa(path, images=images, check_images=check_images)
-    if path.is_dir():
-        jfile = find_file(path, lambda p: p.suffix == ".json" and "textvqa" in p.name.lower(),
-                           "TextVQA JSON", _TEXTVQA_LAYOUT)
-    elif path.is_file():
-        jfile = path
-    else:
-        raise InputError(f"{path}: not found; expected {_TEXTVQA_LAYOUT}")
+    jfile = file_or_find(path, lambda p: p.suffix == ".json" and "textvqa" in p.name.lower(), "TextVQA JSON",
+                         _TEXTVQA_LAYOUT)
     data = load_json(jfile)
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise InputError(f"{jfile}: not a TextVQA file; expected {_TEXTVQA_LAYOUT}")
