@@ -1,7 +1,7 @@
 """``AutoModelForCausalLM.from_pretrained(owlkit_folder)`` after a plain ``import owlkit``.
 
 owlkit's classes register themselves with transformers' Auto classes at the end of
-:mod:`owlkit.config` (AutoConfig) and :mod:`owlkit.models.owl` (AutoModel,
+:mod:`owlkit.config.model` (AutoConfig) and :mod:`owlkit.models.owl` (AutoModel,
 AutoModelForCausalLM). Importing those costs seconds, which ``import owlkit`` must not (the
 ``owl`` command imports it), and importing them *while* transformers loads its Auto modules
 would re-enter half-initialised modules. So ``import owlkit`` only installs this hook: once
@@ -20,7 +20,7 @@ import sys
 
 _CONFIGS = "transformers.models.auto.configuration_auto"
 _FACTORY = "transformers.models.auto.auto_factory"
-MODEL_TYPES = ("owlkit", "owlkit_vision", "owlkit_abstractor")  # owlkit.config's model_type values
+MODEL_TYPES = ("owlkit", "owlkit_vision", "owlkit_abstractor")  # owlkit.config.model's model_type values
 
 
 def _ensure(module: str) -> None:
@@ -50,7 +50,7 @@ def _wrap_lookups(cls, module: str, is_ours) -> None:
 def _patch(name: str) -> None:
     mod = sys.modules[name]
     if name == _CONFIGS:
-        _wrap_lookups(mod._LazyConfigMapping, "owlkit.config", lambda key: key in MODEL_TYPES)
+        _wrap_lookups(mod._LazyConfigMapping, "owlkit.config.model", lambda key: key in MODEL_TYPES)
     else:
         _wrap_lookups(mod._LazyAutoMapping, "owlkit.models.owl",
                       lambda key: getattr(key, "model_type", None) in MODEL_TYPES)

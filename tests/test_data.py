@@ -28,7 +28,7 @@ from owlkit.data.records import (
     iter_entries,
     record_problems,
 )
-from owlkit.data.synth import make_world
+from owlkit.zoo.world import make_world
 from owlkit.errors import ConfigError, InputError
 from owlkit.processing.images import OwlImageProcessor
 from owlkit.processing.labels import IGNORE_INDEX, build_training_example
