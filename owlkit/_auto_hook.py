@@ -2,8 +2,9 @@
 
 owlkit's classes register themselves with transformers' Auto classes at the end of
 :mod:`owlkit.config.model` (AutoConfig) and :mod:`owlkit.models.owl` (AutoModel,
-AutoModelForCausalLM). Importing those costs seconds, which ``import owlkit`` must not (the
-``owl`` command imports it), and importing them *while* transformers loads its Auto modules
+AutoModelForCausalLM); the model lookups import :mod:`owlkit.checkpoints`, which imports the
+model and gives its ``from_pretrained`` the folder reader. Importing those costs seconds,
+which ``import owlkit`` must not (the ``owl`` command imports it), and importing them *while* transformers loads its Auto modules
 would re-enter half-initialised modules. So ``import owlkit`` only installs this hook: once
 transformers has loaded ``configuration_auto`` / ``auto_factory``, their two lookup tables
 (``CONFIG_MAPPING``, every ``_model_mapping``) learn that an owlkit model type or config class
@@ -52,7 +53,7 @@ def _patch(name: str) -> None:
     if name == _CONFIGS:
         _wrap_lookups(mod._LazyConfigMapping, "owlkit.config.model", lambda key: key in MODEL_TYPES)
     else:
-        _wrap_lookups(mod._LazyAutoMapping, "owlkit.models.owl",
+        _wrap_lookups(mod._LazyAutoMapping, "owlkit.checkpoints",
                       lambda key: getattr(key, "model_type", None) in MODEL_TYPES)
 
 
