@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from owlkit.config import IMAGE_PLACEHOLDER
 from owlkit.evaluation.choice import format_options
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "format_options",
 ]
 
-IMAGE_PLACEHOLDER = "<|image|>"
 
 _SHORT = "Answer the question using a single word or phrase."
 _LETTER = "Answer with the option\u2019s letter from the given choices directly."
