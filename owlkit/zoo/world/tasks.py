@@ -27,24 +27,24 @@ def _gen_caption(rng: random.Random, scene: Scene) -> QA:
     return prompt, caption(scene)
 
 
-def _gen_colour(rng: random.Random, scene: Scene) -> QA | None:
+def _ask_attribute(rng: random.Random, scene: Scene, question: str, attr: str,
+                   options: Sequence[Sequence[str]]) -> QA | None:
+    """``question`` (with ``{ref}``) about the first object, in a shuffled order, that ``options`` can name alone."""
     objs = list(scene.objects)
     rng.shuffle(objs)
     for o in objs:
-        ref = refer(rng, o, scene.objects, [("shape",), ("size", "shape"), ("cell",)])
+        ref = refer(rng, o, scene.objects, options)
         if ref:
-            return f"What colour is the {ref}?", o.colour
+            return question.format(ref=ref), getattr(o, attr)
     return None
+
+
+def _gen_colour(rng: random.Random, scene: Scene) -> QA | None:
+    return _ask_attribute(rng, scene, "What colour is the {ref}?", "colour", [("shape",), ("size", "shape"), ("cell",)])
 
 
 def _gen_shape(rng: random.Random, scene: Scene) -> QA | None:
-    objs = list(scene.objects)
-    rng.shuffle(objs)
-    for o in objs:
-        ref = refer(rng, o, scene.objects, [("colour",), ("size", "colour"), ("cell",)])
-        if ref:
-            return f"What shape is the {ref}?", o.shape
-    return None
+    return _ask_attribute(rng, scene, "What shape is the {ref}?", "shape", [("colour",), ("size", "colour"), ("cell",)])
 
 
 def _gen_count(rng: random.Random, scene: Scene) -> QA:
@@ -60,13 +60,8 @@ def _gen_count(rng: random.Random, scene: Scene) -> QA:
 
 
 def _gen_position(rng: random.Random, scene: Scene) -> QA | None:
-    objs = list(scene.objects)
-    rng.shuffle(objs)
-    for o in objs:
-        ref = refer(rng, o, scene.objects, [("shape",), ("colour", "shape"), ("size", "colour", "shape")])
-        if ref:
-            return f"Where is the {ref}?", o.position
-    return None
+    return _ask_attribute(rng, scene, "Where is the {ref}?", "position",
+                          [("shape",), ("colour", "shape"), ("size", "colour", "shape")])
 
 
 def holds(relation: str, a: Obj, b: Obj) -> bool:
