@@ -41,7 +41,7 @@ class QuestionStream:
         self.rng = random.Random(seed)
 
     def _scene_and_question(self):
-        from owlkit.data.synth import generate, random_scene
+        from owlkit.zoo.world import generate, random_scene
 
         for _ in range(10_000):
             scene = random_scene(self.rng)
@@ -55,10 +55,11 @@ class QuestionStream:
 
     def sample(self, n_questions: int = 1) -> tuple[list[dict], int]:
         """(messages, number of objects): ``n_questions`` question/answer turns about one scene."""
-        from owlkit.data.synth import IMAGE_TOKEN, described, generate
+        from owlkit.config import IMAGE_PLACEHOLDER
+        from owlkit.zoo.world import described, generate
 
         scene, (question, answer) = self._scene_and_question()
-        first = described(f"{IMAGE_TOKEN}\n{question}", [scene])  # "Image: <caption>\n<question>"
+        first = described(f"{IMAGE_PLACEHOLDER}\n{question}", [scene])  # "Image: <caption>\n<question>"
         if self.question_first:
             image, question = first.split("\n", 1)
             first = f"{question}\n{image}"
@@ -95,7 +96,7 @@ def make_decoder(arch: str, seed: int, shape: dict | None = None) -> torch.nn.Mo
     text.head_dim = text.hidden_size // text.num_attention_heads  # stored in the config: follow the shape
     if arch == "owl":
         from owlkit.models.owl import OwlForCausalLM
-        from owlkit.tiny import fan_in_init
+        from owlkit.zoo.tiny import fan_in_init
 
         model = OwlForCausalLM(config)
         fan_in_init(model)  # owl-tiny's initialisation (docs/owl-tiny.md)
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    from owlkit.data.synth import TASKS, images_for
+    from owlkit.zoo.world import TASKS, images_for
     from owlkit.training.optim import build_optimizer, build_scheduler
 
     tasks = args.tasks.split(",")

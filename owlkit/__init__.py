@@ -15,7 +15,7 @@ _LAZY = {
     "OwlForCausalLM": "owlkit.models.owl",
     "load_model": "owlkit.checkpoints",
     "save_model": "owlkit.checkpoints",
-    "build_from_components": "owlkit.components",
+    "build_from_components": "owlkit.checkpoints",
     "Owl": "owlkit.inference",
     "OwlProcessor": "owlkit.processing.processor",
 }
@@ -33,6 +33,8 @@ def __getattr__(name: str):
 
         module = importlib.import_module(_LAZY[name])
         if name in ("OwlConfig", "OwlForCausalLM", "Owl", "load_model"):
-            from owlkit import registry  # noqa: F401  (registers the Auto classes)
+            from owlkit.models import registry  # noqa: F401  (registers the Auto classes)
+        if name == "OwlForCausalLM":
+            import owlkit.checkpoints  # noqa: F401  (from_pretrained reads folders through it)
         return getattr(module, name)
     raise AttributeError(f"module 'owlkit' has no attribute {name!r}")

@@ -1,9 +1,10 @@
 """``AutoModelForCausalLM.from_pretrained(owlkit_folder)`` after a plain ``import owlkit``.
 
 owlkit's classes register themselves with transformers' Auto classes at the end of
-:mod:`owlkit.config` (AutoConfig) and :mod:`owlkit.models.owl` (AutoModel,
-AutoModelForCausalLM). Importing those costs seconds, which ``import owlkit`` must not (the
-``owl`` command imports it), and importing them *while* transformers loads its Auto modules
+:mod:`owlkit.config.model` (AutoConfig) and :mod:`owlkit.models.owl` (AutoModel,
+AutoModelForCausalLM); the model lookups import :mod:`owlkit.checkpoints`, which imports the
+model and gives its ``from_pretrained`` the folder reader. Importing those costs seconds,
+which ``import owlkit`` must not (the ``owl`` command imports it), and importing them *while* transformers loads its Auto modules
 would re-enter half-initialised modules. So ``import owlkit`` only installs this hook: once
 transformers has loaded ``configuration_auto`` / ``auto_factory``, their two lookup tables
 (``CONFIG_MAPPING``, every ``_model_mapping``) learn that an owlkit model type or config class
@@ -20,7 +21,7 @@ import sys
 
 _CONFIGS = "transformers.models.auto.configuration_auto"
 _FACTORY = "transformers.models.auto.auto_factory"
-MODEL_TYPES = ("owlkit", "owlkit_vision", "owlkit_abstractor")  # owlkit.config's model_type values
+MODEL_TYPES = ("owlkit", "owlkit_vision", "owlkit_abstractor")  # owlkit.config.model's model_type values
 
 
 def _ensure(module: str) -> None:
@@ -50,9 +51,9 @@ def _wrap_lookups(cls, module: str, is_ours) -> None:
 def _patch(name: str) -> None:
     mod = sys.modules[name]
     if name == _CONFIGS:
-        _wrap_lookups(mod._LazyConfigMapping, "owlkit.config", lambda key: key in MODEL_TYPES)
+        _wrap_lookups(mod._LazyConfigMapping, "owlkit.config.model", lambda key: key in MODEL_TYPES)
     else:
-        _wrap_lookups(mod._LazyAutoMapping, "owlkit.models.owl",
+        _wrap_lookups(mod._LazyAutoMapping, "owlkit.checkpoints",
                       lambda key: getattr(key, "model_type", None) in MODEL_TYPES)
 
 

@@ -24,7 +24,7 @@ from typing import Iterator
 
 import torch
 
-from owlkit.errors import CheckpointError
+from owlkit.errors import CheckpointError, first_line
 
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 _SAFETENSORS_DTYPES = {
@@ -70,7 +70,7 @@ def _missing(file: Path) -> CheckpointError:
 
 
 def _corrupt(file: Path, exc: Exception) -> CheckpointError:
-    return CheckpointError(f"{file} is truncated or corrupt ({str(exc).splitlines()[0]}); re-download it")
+    return CheckpointError(f"{file} is truncated or corrupt ({first_line(exc)}); re-download it")
 
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     try:
         return torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises many types for corrupt archives / forbidden pickles
-        reason = str(exc).splitlines()[0][:200]
+        reason = first_line(exc, 200)
         raise CheckpointError(
             f"{file} cannot be read as a weights-only PyTorch checkpoint ({reason}); re-download it or convert it to safetensors"
         ) from None

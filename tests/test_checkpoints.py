@@ -10,11 +10,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import fixture_folders
-from owlkit.checkpoints import load_model, official_names, read_state_dict, save_model
+from owlkit.checkpoints import load_model, official_names, save_model
 from owlkit.cli import main as owl
 from owlkit.config import OwlConfig
 from owlkit.errors import CheckpointError
 from owlkit.models.owl import OwlForCausalLM
+from owlkit.weight_files import read_state_dict
 
 FOLDERS = fixture_folders()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from owlkit.components import build_from_components, fuse_qkv
+from owlkit.checkpoints import build_from_components, fuse_qkv
 from owlkit.errors import CheckpointError
 
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from owlkit.cli import main
+from owlkit.config import IGNORE_INDEX
 from owlkit.data.augment import augment_image, crop_params, random_hflip
 from owlkit.data.collator import OwlCollator
 from owlkit.data.datasets import MixtureDataset, RecordDataset, build_dataset, load_source
@@ -28,12 +29,12 @@ from owlkit.data.records import (
     iter_entries,
     record_problems,
 )
-from owlkit.data.synth import make_world
 from owlkit.errors import ConfigError, InputError
 from owlkit.processing.images import OwlImageProcessor
-from owlkit.processing.labels import IGNORE_INDEX, build_training_example
+from owlkit.processing.labels import build_training_example
 from owlkit.processing.templates import V1_SYSTEM, render
 from owlkit.processing.tokenizer import OwlTokenizer
+from owlkit.zoo.world import make_world
 
 pytest.importorskip("sentencepiece")
 

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from helpers import make_model_folder
-from owlkit.checkpoints import load_model, read_state_dict, save_model
+from owlkit.checkpoints import load_model, save_model
 from owlkit.cli import main as owl
 from owlkit.config import OwlConfig
 from owlkit.errors import CheckpointError
 from owlkit.memory import choose_dtype, needed_bytes
 from owlkit.models.owl import OwlForCausalLM
+from owlkit.weight_files import read_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from owlkit.errors import CheckpointError, InputError
-from owlkit.processing.labels import IGNORE_INDEX, build_training_example
+from owlkit.processing.labels import build_training_example
 from owlkit.processing.templates import (
     MPLUG_OWL2_SYSTEM,
     V1_SYSTEM,
@@ -19,7 +20,7 @@ from owlkit.processing.templates import (
     get_template,
     render,
 )
-from owlkit.processing.tokenizer import IMAGE_TOKEN_INDEX, OwlTokenizer, encode_prompt, load_tokenizer, placeholder_id
+from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt, load_tokenizer, placeholder_id
 
 spm = pytest.importorskip("sentencepiece")
 

@@ -1,4 +1,4 @@
-"""The procedural visual world (owlkit.data.synth) and ``owl synth``."""
+"""The procedural visual world (owlkit.zoo.world) and ``owl synth``."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from owlkit.cli import main
-from owlkit.data import synth as S
+from owlkit.config import IMAGE_PLACEHOLDER
 from owlkit.errors import ConfigError, OwlError
+from owlkit.zoo import world as S
 
 SIZE = 96  # small images keep the tests fast; pixel checks below render at 224 too
 
@@ -174,7 +175,7 @@ def test_described_replaces_placeholders_by_captions():
 
 
 def test_described_eval_conversations_hold_the_captions_and_no_image():
-    from owlkit.evaluation.synth import conversation
+    from owlkit.zoo.synth_eval import conversation
 
     samples = S.make_eval_set(11, 3, image_size=64)
     for sample in samples:
@@ -283,9 +284,9 @@ def test_llava_json(world):
         conv = s["conversations"]
         assert len(conv) >= 2 and len(conv) % 2 == 0
         assert [c["from"] for c in conv] == ["human", "gpt"] * (len(conv) // 2)
-        assert conv[0]["value"].count(S.IMAGE_TOKEN) == len(images)
-        assert conv[0]["value"].startswith(S.IMAGE_TOKEN * bool(images))
-        assert sum(c["value"].count(S.IMAGE_TOKEN) for c in conv) == len(images)
+        assert conv[0]["value"].count(IMAGE_PLACEHOLDER) == len(images)
+        assert conv[0]["value"].startswith(IMAGE_PLACEHOLDER * bool(images))
+        assert sum(c["value"].count(IMAGE_PLACEHOLDER) for c in conv) == len(images)
         if s["task"] == "multiturn":
             assert 2 <= len(conv) // 2 <= 3
         else:

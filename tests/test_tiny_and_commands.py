@@ -46,8 +46,8 @@ def test_saving_commands_print_no_transformers_progress_bar(tmp_path, capsys):
 
 
 def test_tiny_text_corpus_and_mam_init(tmp_path):
-    from owlkit.data.synth import caption, load_scenes, make_world
-    from owlkit.tiny import copy_text_branches_to_visual, init_model, text_only, train_tokenizer
+    from owlkit.zoo.world import caption, load_scenes, make_world
+    from owlkit.zoo.tiny import copy_text_branches_to_visual, init_model, text_only, train_tokenizer
 
     world = tmp_path / "world"
     make_world(world, seed=3, n=12, image_size=112, fmt="jsonl", n_instruct=40)
@@ -78,9 +78,9 @@ def test_tiny_init_keeps_the_image_signal(tmp_path):
     import math
 
     from owlkit.checkpoints import load_model
-    from owlkit.data.synth import Obj, Scene, render
+    from owlkit.zoo.world import Obj, Scene, render
     from owlkit.processing.images import OwlImageProcessor
-    from owlkit.tiny import init_model
+    from owlkit.zoo.tiny import init_model
 
     init_model(tmp_path, 300, 3, seed=0)
     model = load_model(tmp_path).eval()
@@ -99,7 +99,7 @@ def test_tiny_init_keeps_the_image_signal(tmp_path):
 
 
 def test_tiny_build_reuses_its_world_only_when_made_with_the_same_settings(tmp_path):
-    from owlkit.tiny import CAPTION_SHARE, ensure_world
+    from owlkit.zoo.tiny import CAPTION_SHARE, ensure_world
 
     world = tmp_path / "world"
     assert ensure_world(world, seed=3, n_images=12, n_instruct=40)

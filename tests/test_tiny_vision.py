@@ -7,11 +7,11 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from owlkit.data.synth import COLOURS, SHAPES, SIZES, WORDS, Obj, Scene
+from owlkit.zoo.world import COLOURS, SHAPES, SIZES, WORDS, Obj, Scene
 
 
 def test_patch_targets_label_every_patch_of_a_cell_and_spell_the_word():
-    from owlkit.tiny_vision import LETTERS, attributes, band_rows, object_class, patch_targets
+    from owlkit.zoo.tiny_vision import LETTERS, attributes, band_rows, object_class, patch_targets
 
     scene = Scene(objects=[Obj("star", "green", "small", 0, 0), Obj("square", "red", "big", 2, 2)],
                   word="OWL", noise=0.0, noise_seed=0)
@@ -41,7 +41,7 @@ def test_patch_targets_label_every_patch_of_a_cell_and_spell_the_word():
 
 
 def test_word_head_names_the_word_from_every_band_patch():
-    from owlkit.tiny_vision import PretrainHeads, _loss
+    from owlkit.zoo.tiny_vision import PretrainHeads, _loss
 
     torch.manual_seed(0)
     heads = PretrainHeads(16, band=2)
@@ -57,7 +57,7 @@ def test_word_head_names_the_word_from_every_band_patch():
 
 
 def test_ctc_best_path_merges_repeats_and_drops_blanks():
-    from owlkit.tiny_vision import ctc_greedy
+    from owlkit.zoo.tiny_vision import ctc_greedy
 
     ids = torch.tensor([[0, 1, 1, 0, 1, 2, 2, 0]])
     lp = torch.nn.functional.one_hot(ids, 27).float().log_softmax(-1)
@@ -65,9 +65,9 @@ def test_ctc_best_path_merges_repeats_and_drops_blanks():
 
 
 def test_pretrain_vision_trains_only_the_encoder_and_logs(tmp_path):
-    from owlkit.data.synth import make_world
-    from owlkit.tiny import init_model
-    from owlkit.tiny_vision import VisionPretrainSettings, pretrain_vision
+    from owlkit.zoo.world import make_world
+    from owlkit.zoo.tiny import init_model
+    from owlkit.zoo.tiny_vision import VisionPretrainSettings, pretrain_vision
 
     world = tmp_path / "world"
     make_world(world, seed=5, n=24, image_size=112, fmt="jsonl", n_instruct=0)

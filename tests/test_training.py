@@ -621,7 +621,7 @@ def _world_and_model(tmp_path, n: int, n_instruct: int):
     from helpers_tokenizer import train_tiny_tokenizer
 
     from owlkit.config import OwlConfig
-    from owlkit.data.synth import make_world
+    from owlkit.zoo.world import make_world
     from owlkit.models.owl import OwlForCausalLM
 
     world = tmp_path / "world"

@@ -87,7 +87,8 @@ class _LengthCheck:
     def __call__(self, record) -> list[str]:
         import warnings
 
-        from owlkit.processing.labels import IGNORE_INDEX, build_training_example
+        from owlkit.config import IGNORE_INDEX
+        from owlkit.processing.labels import build_training_example
 
         try:
             with warnings.catch_warnings():

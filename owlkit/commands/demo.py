@@ -87,7 +87,7 @@ def run(args) -> int:
         for (image, question, expected), answer in zip(jobs, answers):
             print(f"\n[{image.name}] {question}\n  -> {answer}")
             if expected is not None:
-                from owlkit.data.synth import exact_match
+                from owlkit.zoo.world import exact_match
 
                 ok = exact_match(answer, expected)
                 right += ok

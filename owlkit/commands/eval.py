@@ -75,7 +75,7 @@ def _synth(args) -> int:
     import json
 
     from owlkit.commands._generation import load_owl
-    from owlkit.evaluation.synth import evaluate_synth, markdown
+    from owlkit.zoo.synth_eval import evaluate_synth, markdown
 
     if args.n_per_task <= 0:
         raise InputError("--n-per-task must be positive")

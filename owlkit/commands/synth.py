@@ -57,7 +57,7 @@ def parse_tasks(items: list[str] | None) -> dict[str, float] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from owlkit.data.synth import make_world  # numpy + PIL: import only when the command runs
+    from owlkit.zoo.world import make_world  # numpy + PIL: import only when the command runs
 
     manifest = make_world(
         args.out_dir,

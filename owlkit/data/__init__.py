@@ -1,1 +1,1 @@
-"""Data: procedural worlds, dataset readers and writers."""
+"""Data: record formats, dataset readers and the collator."""

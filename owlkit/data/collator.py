@@ -46,11 +46,12 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from owlkit.config import IGNORE_INDEX
 from owlkit.data.augment import augment_image
 from owlkit.data.records import Record, TarMember
-from owlkit.errors import InputError
+from owlkit.errors import InputError, first_line
 from owlkit.processing.images import OwlImageProcessor, generation_number, load_image
-from owlkit.processing.labels import IGNORE_INDEX, build_training_example
+from owlkit.processing.labels import build_training_example
 from owlkit.processing.tokenizer import OwlTokenizer, placeholder_id
 
 logger = logging.getLogger("owlkit.data")
@@ -241,7 +242,7 @@ def _where(record: Record | dict) -> str:
 
 
 def _message(exc: BaseException, image: Any) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = first_line(exc)
     name = str(image)
     if isinstance(image, TarMember):
         return text if image.shard in text else f"{name}: {text}"

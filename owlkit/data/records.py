@@ -42,15 +42,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from owlkit.errors import ConfigError, InputError
+from owlkit.config import IMAGE_PLACEHOLDERS
+from owlkit.errors import ConfigError, InputError, first_line
 
 SOURCE_TYPES = ("llava", "owl_jsonl", "captions", "wds", "text")
 #: The keys of one data source of a recipe (owlkit.data.datasets explains each).
 SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name", "tasks")
-PLACEHOLDERS = ("<image>", "<|image|>")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
-_PLACEHOLDER_RE = re.compile(r"(<image>|<\|image\|>)")
+_PLACEHOLDER_RE = re.compile("(" + "|".join(map(re.escape, IMAGE_PLACEHOLDERS)) + ")")
 _ROLES = {
     "human": "user",
     "user": "user",
@@ -89,7 +89,7 @@ class TarMember:
                 f.seek(self.offset)
                 data = f.read(self.size)
         except OSError as exc:
-            raise InputError(f"{self.shard}: cannot read webdataset shard ({_one_line(exc)})") from None
+            raise InputError(f"{self.shard}: cannot read webdataset shard ({first_line(exc)})") from None
         if len(data) != self.size:
             raise InputError(
                 f"{self.shard}: corrupt webdataset shard: member {self.name} is cut short "
@@ -146,11 +146,6 @@ class RecordError(InputError):
         self.kind = kind
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 # -- message helpers ---------------------------------------------------------------------------
 
 
@@ -193,7 +188,7 @@ def _split_placeholders(text: str) -> list[dict]:
         return [_text(text)]
     parts: list[dict] = []
     for piece in pieces:
-        if piece in PLACEHOLDERS:
+        if piece in IMAGE_PLACEHOLDERS:
             parts.append({"type": "image"})
         elif piece.strip():
             parts.append(_text(piece.strip()))
@@ -458,7 +453,7 @@ def _read_text(path: Path) -> str:
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except OSError as exc:
-        raise InputError(f"{path}: cannot read ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read ({first_line(exc)})") from None
 
 
 def _bad_bytes(text: str) -> RecordError | None:
@@ -493,7 +488,7 @@ def iter_json_rows(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
         try:
             yield n, json.loads(raw)
         except ValueError as exc:
-            yield n, RecordError(f"invalid JSON ({_one_line(exc)})", "json")
+            yield n, RecordError(f"invalid JSON ({first_line(exc)})", "json")
 
 
 def _iter_json_array(text: str, start: int) -> Iterator[tuple[int, Any]]:
@@ -514,7 +509,7 @@ def _iter_json_array(text: str, start: int) -> Iterator[tuple[int, Any]]:
             row, end = decoder.raw_decode(text, i)
         except ValueError as exc:
             at = getattr(exc, "pos", i)
-            yield line_at(max(i, at)), RecordError(f"invalid JSON ({_one_line(exc)}); the rest of the file is not read", "json")
+            yield line_at(max(i, at)), RecordError(f"invalid JSON ({first_line(exc)}); the rest of the file is not read", "json")
             return
         bad = _bad_bytes(text[i:end])
         yield line_at(i), row if bad is None else bad
@@ -679,7 +674,7 @@ def index_shard(shard: str) -> tuple[list[ShardSample], Problem | None]:
     except FileNotFoundError:
         problem = Problem(shard, None, "no such shard file", "shard")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        problem = Problem(shard, None, f"corrupt webdataset shard ({_one_line(exc)})", "shard")
+        problem = Problem(shard, None, f"corrupt webdataset shard ({first_line(exc)})", "shard")
     return list(samples.values()), problem
 
 
@@ -714,7 +709,7 @@ def shard_record(sample: ShardSample, prompt: str | None = None) -> Record:
         try:
             meta = json.loads(_read_member(sample, "json"))
         except ValueError as exc:
-            raise RecordError(f"sample {sample.key}: invalid .json ({_one_line(exc)})") from None
+            raise RecordError(f"sample {sample.key}: invalid .json ({first_line(exc)})") from None
         if isinstance(meta, dict) and isinstance(meta.get("caption"), str):
             caption = meta["caption"]
     if caption is None:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from owlkit.config import IMAGE_PLACEHOLDER
 from owlkit.evaluation.choice import format_options
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "format_options",
 ]
 
-IMAGE_PLACEHOLDER = "<|image|>"
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 LETTER_ANSWER = "Answer with the option\u2019s letter from the given choices directly."

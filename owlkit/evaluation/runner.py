@@ -48,6 +48,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from owlkit.config import V1_IMAGE_PLACEHOLDER as V1_IMAGE
+from owlkit.config import V2_IMAGE_PLACEHOLDER as V2_IMAGE
 from owlkit.errors import InputError
 from owlkit.evaluation import report
 from owlkit.evaluation.benchmarks import Benchmark, RunFolder, get_benchmark
@@ -64,8 +66,6 @@ __all__ = [
     "evaluate",
 ]
 
-V2_IMAGE = "<|image|>"
-V1_IMAGE = "<image>"
 _V2_TURN = re.compile(r"USER: (?P<user>.*?) ASSISTANT:(?: (?P<answer>.*))?", re.S)
 _V1_STOP = "\nHuman:"
 

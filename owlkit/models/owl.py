@@ -135,14 +135,19 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
     def is_gradient_checkpointing(self) -> bool:
         return self.language_model.gradient_checkpointing
 
+    #: Reads a model folder exactly: :func:`owlkit.load_model`, which :mod:`owlkit.checkpoints` puts
+    #: here when imported (``owlkit.OwlForCausalLM`` and the Auto classes import it first). The
+    #: model layer knows no file formats.
+    folder_loader = None
+
     @classmethod
     def from_pretrained(cls, path, *args, dtype=None, device=None, **kwargs):
         """Load any supported folder exactly (see :func:`owlkit.load_model`); never random-fills."""
-        from owlkit.checkpoints import load_model
-
+        if cls.folder_loader is None:
+            raise OwlError("model folders are read by owlkit.checkpoints; import it first, or use owlkit.load_model")
         dtype = dtype if dtype is not None else kwargs.pop("torch_dtype", None)
-        return load_model(path, dtype=dtype, device=device, device_map=kwargs.pop("device_map", None),
-                          max_memory=kwargs.pop("max_memory", None))
+        return cls.folder_loader(path, dtype=dtype, device=device, device_map=kwargs.pop("device_map", None),
+                                 max_memory=kwargs.pop("max_memory", None))
 
     def optimize_for_cpu_decoding(self) -> "OwlForCausalLM":
         """Prepack the decoder for fast CPU decoding (inference only; see models/cpu_decoding.py)."""

@@ -13,6 +13,7 @@ See docs/processing.md.
 
 from __future__ import annotations
 
+from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX, V1_IMAGE_PLACEHOLDER, V2_IMAGE_PLACEHOLDER
 from owlkit.processing.images import (
     CLIP_MEAN,
     CLIP_STD,
@@ -27,11 +28,9 @@ from owlkit.processing.images import (
     load_image,
     pil_resize,
 )
-from owlkit.processing.labels import IGNORE_INDEX, TrainingExample, build_training_example
+from owlkit.processing.labels import TrainingExample, build_training_example
 from owlkit.processing.templates import (
     TEMPLATES,
-    V1_IMAGE_PLACEHOLDER,
-    V2_IMAGE_PLACEHOLDER,
     RenderedPrompt,
     Template,
     default_template,
@@ -39,7 +38,6 @@ from owlkit.processing.templates import (
     render,
 )
 from owlkit.processing.tokenizer import (
-    IMAGE_TOKEN_INDEX,
     OwlTokenizer,
     encode_prompt,
     load_tokenizer,

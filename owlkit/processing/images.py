@@ -63,7 +63,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from owlkit.errors import InputError
+from owlkit.errors import InputError, first_line
 
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
@@ -96,11 +96,6 @@ def default_mode(generation: int | str) -> str:
 
 
 # -- loading -----------------------------------------------------------------------------------
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _describe(source: Any) -> str:
@@ -144,7 +139,7 @@ def _open_bytes_or_path(source: str | os.PathLike | bytes, name: str, max_pixels
         except FileNotFoundError:
             raise InputError(f"{name}: no such file") from None
         except OSError as exc:
-            raise InputError(f"{name}: cannot read file ({_one_line(exc)})") from None
+            raise InputError(f"{name}: cannot read file ({first_line(exc)})") from None
         if path.is_dir():
             raise InputError(f"{name}: is a directory, not an image file")
         if size == 0:
@@ -152,7 +147,7 @@ def _open_bytes_or_path(source: str | os.PathLike | bytes, name: str, max_pixels
         try:
             stream = io.BytesIO(path.read_bytes())
         except OSError as exc:
-            raise InputError(f"{name}: cannot read file ({_one_line(exc)})") from None
+            raise InputError(f"{name}: cannot read file ({first_line(exc)})") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
@@ -162,12 +157,12 @@ def _open_bytes_or_path(source: str | os.PathLike | bytes, name: str, max_pixels
         except Image.DecompressionBombError as exc:
             raise _bomb(exc, name, max_pixels) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
-            raise InputError(f"{name}: cannot read image ({_one_line(exc)})") from None
+            raise InputError(f"{name}: cannot read image ({first_line(exc)})") from None
         _check_pixels(image.width, image.height, max_pixels, name)
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, Image.DecompressionBombError) as exc:
-            problem = _one_line(exc)
+            problem = first_line(exc)
             if "truncated" in problem.lower():  # Pillow: "image file is truncated (N bytes not processed)"
                 detail = problem if problem.lower().startswith("image file is truncated") else f"image file is truncated ({problem})"
                 raise InputError(f"{name}: {detail}") from None
@@ -222,7 +217,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     try:
         return image.convert("RGB")
     except (ValueError, OSError) as exc:
-        raise InputError(f"cannot convert an image of mode {mode!r} to RGB ({_one_line(exc)})") from None
+        raise InputError(f"cannot convert an image of mode {mode!r} to RGB ({first_line(exc)})") from None
 
 
 def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif: bool = True) -> Image.Image:
@@ -251,7 +246,7 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, exif
             try:
                 data = base64.b64decode(payload, validate=False)
             except ValueError as exc:
-                raise InputError(f"data URL: bad base64 payload ({_one_line(exc)})") from None
+                raise InputError(f"data URL: bad base64 payload ({first_line(exc)})") from None
             image = _open_bytes_or_path(data, "<data URL>", max_pixels)
         elif text.startswith(("http://", "https://")):
             raise InputError(f"{name}: remote image URLs are not fetched; download the file and pass its path")
@@ -585,7 +580,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read JSON ({_one_line(exc)})") from None
+        raise InputError(f"{path}: cannot read JSON ({first_line(exc)})") from None
     return data if isinstance(data, dict) else {}
 
 

@@ -37,19 +37,17 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX, V1_IMAGE_PLACEHOLDER
 from owlkit.errors import InputError
 from owlkit.processing.images import generation_number
 from owlkit.processing.templates import (
-    V1_IMAGE_PLACEHOLDER,
     Template,
     default_template,
     get_template,
     parse_messages,
     render,
 )
-from owlkit.processing.tokenizer import IMAGE_TOKEN_INDEX, OwlTokenizer, encode_prompt
-
-IGNORE_INDEX = -100
+from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt
 
 
 @dataclass

@@ -14,9 +14,10 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from owlkit.config import IGNORE_INDEX
 from owlkit.errors import InputError
 from owlkit.processing.images import OwlImageProcessor, load_image
-from owlkit.processing.labels import IGNORE_INDEX, build_training_example
+from owlkit.processing.labels import build_training_example
 from owlkit.processing.templates import default_template, render
 from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt, placeholder_id
 

@@ -58,10 +58,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
+from owlkit.config import V1_IMAGE_PLACEHOLDER, V2_IMAGE_PLACEHOLDER
 from owlkit.errors import InputError
-
-V1_IMAGE_PLACEHOLDER = "<image>"
-V2_IMAGE_PLACEHOLDER = "<|image|>"
 
 V1_SYSTEM = (
     "The following is a conversation between a curious human and AI assistant. "

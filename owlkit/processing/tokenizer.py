@@ -45,12 +45,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from owlkit.errors import CheckpointError, InputError
+from owlkit.config import IMAGE_TOKEN_INDEX, V1_IMAGE_PLACEHOLDER, V2_IMAGE_PLACEHOLDER
+from owlkit.errors import CheckpointError, InputError, first_line
 from owlkit.processing.images import generation_number
-from owlkit.processing.templates import V1_IMAGE_PLACEHOLDER, V2_IMAGE_PLACEHOLDER
-
-#: The mPLUG-Owl2 placeholder id (``IMAGE_TOKEN_INDEX``): one per image.
-IMAGE_TOKEN_INDEX = -200
 
 
 def _token_content(value: Any) -> str | None:
@@ -67,7 +64,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read JSON ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: cannot read JSON ({first_line(exc)})") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -79,7 +76,7 @@ class _SentencePieceBackend:
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(path))
         except (OSError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: not a SentencePiece model ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(f"{path}: not a SentencePiece model ({first_line(exc)})") from None
         self.size = self.sp.get_piece_size()
 
     def encode(self, text: str) -> list[int]:
@@ -104,7 +101,7 @@ class _TokenizersBackend:
         try:
             self.tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # noqa: BLE001  (the library raises a bare Exception)
-            raise CheckpointError(f"{path}: not a tokenizers JSON file ({str(exc).splitlines()[0]})") from None
+            raise CheckpointError(f"{path}: not a tokenizers JSON file ({first_line(exc)})") from None
         self.size = self.tok.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from owlkit.processing.templates import V2_IMAGE_PLACEHOLDER
+from owlkit.config import V2_IMAGE_PLACEHOLDER
 
 
 def train_sentencepiece(lines: Iterable[str], folder: str | Path, vocab_size: int, image_token: bool = True,

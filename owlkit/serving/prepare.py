@@ -12,13 +12,13 @@ import asyncio
 from typing import Any, Sequence
 
 from owlkit.errors import OwlError
+from owlkit.config import IMAGE_PLACEHOLDERS as PLACEHOLDERS
 from owlkit.serving.errors import ApiError
 from owlkit.serving.images import decode_image, fetch_image_bytes
 from owlkit.serving.scheduler import Job
 from owlkit.serving.schema import ChatCompletionRequest
 from owlkit.serving.settings import Limits, ServerSettings
 
-PLACEHOLDERS = ("<|image|>", "<image>")
 CHARS_PER_TOKEN = 32  # a prompt with more characters than this per allowed token is refused unread
 
 

@@ -42,6 +42,7 @@ from typing import AsyncIterator, Iterable, Sequence
 
 import torch
 
+from owlkit.errors import first_line
 from owlkit.streaming import ReplyText
 
 log = logging.getLogger("owlkit.serving")
@@ -525,8 +526,7 @@ class Scheduler:
                 return self._timed(step, *args)
         except Exception as exc:  # noqa: BLE001  (reported to every client of the batch)
             log.exception("generation failed")
-            text = str(exc).strip()
-            message = text.splitlines()[0] if text else type(exc).__name__
+            message = first_line(exc)
             for job in jobs:
                 if not job.finished:
                     job._fail(f"generation failed: {message}")

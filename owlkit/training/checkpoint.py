@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from owlkit import outputs
-from owlkit.errors import OwlError
+from owlkit.errors import OwlError, first_line
 
 CHECKPOINTS = "checkpoints"
 FORMAT_VERSION = 1
@@ -133,8 +133,7 @@ def os_reason(exc: BaseException) -> str:
     """A write error in a few words: ``No space left on device``, ``File too large``, ..."""
     if isinstance(exc, OSError):
         return outputs.os_reason(exc)
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return text[:200]
+    return first_line(exc, 200)
 
 
 def replace_folder(tmp: Path, final: Path) -> None:
@@ -181,7 +180,7 @@ def load_torch(path: Path):
     except FileNotFoundError:
         raise OwlError(f"checkpoint file {path} is missing; the checkpoint is incomplete") from None
     except Exception as exc:
-        first = (str(exc).splitlines() or [""])[0][:200]
+        first = first_line(exc, 200, empty="")
         raise OwlError(f"cannot read checkpoint file {path} ({first})") from None
 
 

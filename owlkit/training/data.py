@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from owlkit.errors import ConfigError, OwlError
+from owlkit.errors import ConfigError, OwlError, first_line
 from owlkit.training.recipe import check_source_keys
 
 RANDOM = "random"
@@ -318,7 +318,7 @@ class _StreamView(torch.utils.data.Dataset):
         except OwlError as exc:
             return position, {"__error__": str(exc)}
         except Exception as exc:  # a reader bug or unexpected file: report which sample
-            first = (str(exc).splitlines() or [""])[0]
+            first = first_line(exc, empty="")
             return position, {"__error__": f"reading sample {index} failed: {type(exc).__name__}: {first}"}
 
 
@@ -359,7 +359,7 @@ class _SeededCollate:
             except OwlError as exc:
                 batch = {"__error__": str(exc)}
             except Exception as exc:
-                first = (str(exc).splitlines() or [""])[0]
+                first = first_line(exc, empty="")
                 batch = {"__error__": f"collating samples at stream positions {positions[0]}..{positions[-1]} "
                                       f"failed: {type(exc).__name__}: {first}"}
             finally:

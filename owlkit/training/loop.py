@@ -158,12 +158,12 @@ def build_model(recipe: Recipe, seed: int):
 
         return load_model(spec["init"], dtype=dtype)
     if spec.get("preset"):
-        from owlkit import registry  # noqa: F401
         from owlkit.config import OwlConfig
+        from owlkit.models import registry  # noqa: F401
         from owlkit.models.owl import OwlForCausalLM
 
         return OwlForCausalLM(OwlConfig.from_preset(spec["preset"])).to(dtype)
-    from owlkit.components import build_from_components
+    from owlkit.checkpoints import build_from_components
 
     comp = dict(spec["components"])
     return build_from_components(comp.pop("llama"), comp.pop("clip"), seed=seed, **comp).to(dtype)
@@ -388,7 +388,7 @@ class _Run:
         if self.lora is not None:
             load_adapter_state(self.inner, path / ADAPTER_DIR)
             return
-        from owlkit.checkpoints import read_state_dict
+        from owlkit.weight_files import read_state_dict
 
         state = read_state_dict(path / "model")
         own = self.inner.state_dict()

@@ -1,6 +1,6 @@
 """Held-out evaluation on the synthetic world (``owl eval synth``).
 
-A fresh set of scenes is drawn from a seed (the eval stream of :mod:`owlkit.data.synth` never
+A fresh set of scenes is drawn from a seed (the eval stream of :mod:`owlkit.zoo.world` never
 yields the training scenes of the same seed), the model answers each task's questions with its
 own chat template, and answers are scored by exact match after the world's normalisation
 (case, punctuation, articles, digits or number words). Multi-turn samples are asked with the
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from owlkit.config import IMAGE_PLACEHOLDER
+from owlkit.zoo.world import described_turns, exact_match, make_eval_set
+
 #: Accuracy targets of the shipped model (issue "owl-tiny").
 TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.85, "position": 0.85, "relation": 0.85,
            "read": 0.80, "compare": 0.80, "text": 0.90}
@@ -20,11 +23,9 @@ def conversation(sample, described: bool = False) -> list[dict]:
     """An EvalSample's turns up to the scored question, as OpenAI-style messages.
 
     With ``described`` each image is replaced by its scene's caption (text only, see
-    :func:`owlkit.data.synth.described`): the model's language side answers from a perfect
+    :func:`owlkit.zoo.world.described`): the model's language side answers from a perfect
     description, which tells how much of the error is the seeing and how much the reasoning.
     """
-    from owlkit.data.synth import IMAGE_TOKEN, described_turns
-
     turns = sample.conversations[:-1]
     roles = ["user" if turn["from"] == "human" else "assistant" for turn in turns]
     if described:
@@ -34,8 +35,8 @@ def conversation(sample, described: bool = False) -> list[dict]:
     messages = []
     for role, turn in zip(roles, turns):
         text = turn["value"]
-        parts = [{"type": "image", "image": images.pop(0)} for _ in range(text.count(IMAGE_TOKEN))]
-        parts.append({"type": "text", "text": text.replace(IMAGE_TOKEN, "").strip()})
+        parts = [{"type": "image", "image": images.pop(0)} for _ in range(text.count(IMAGE_PLACEHOLDER))]
+        parts.append({"type": "text", "text": text.replace(IMAGE_PLACEHOLDER, "").strip()})
         messages.append({"role": role, "content": parts})
     return messages
 
@@ -47,8 +48,6 @@ def evaluate_synth(owl, seed: int, n_per_task: int = 50, batch_size: int = 16, p
     ``described``: ask every question with the images replaced by their captions (see
     :func:`conversation`); the result says so (``"described": true``).
     """
-    from owlkit.data.synth import exact_match, make_eval_set
-
     size = owl.model.config.vision_config.image_size
     samples = make_eval_set(seed, n_per_task, image_size=size)
     answers = owl.generate_batch([conversation(s, described) for s in samples], batch_size=batch_size,

@@ -1,7 +1,7 @@
 """owl-tiny: a small mPLUG-Owl2 trained here through the papers' whole paradigm.
 
 Real mPLUG-Owl weights are gigabytes; owl-tiny makes every code path work out of the box. It
-learns a procedural visual world (:mod:`owlkit.data.synth`) with the same code a user runs on
+learns a procedural visual world (:mod:`owlkit.zoo.world`) with the same code a user runs on
 real data, in the papers' order:
 
 1. **world**: images with captions and instruction data (colour, shape, count, position,
@@ -13,7 +13,7 @@ real data, in the papers' order:
    instructions with every image replaced by its caption, so the decoder learns the language
    and the reasoning of the world from text (recipe ``owl_tiny_text.yaml``);
 4. **vision pre-training** of the encoder on the world's images (no CLIP can be downloaded;
-   :mod:`owlkit.tiny_vision`: every patch names its cell's object, the CLS token the count, the
+   :mod:`owlkit.zoo.tiny_vision`: every patch names its cell's object, the CLS token the count, the
    text band spells the word and names it), then the visual branches of the modality-adaptive
    module are initialised from the text branches, as mPLUG-Owl2 does;
 5. **stage 1**: image-caption pre-training, decoder frozen except its visual branches, the
@@ -30,15 +30,31 @@ real data, in the papers' order:
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from transformers.utils import logging
 
-ASSETS = Path(__file__).resolve().parent / "assets"
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+from owlkit.config import IMAGE_PLACEHOLDER, OwlConfig
+from owlkit.inference import Owl
+from owlkit.models.abstractor import VisualAbstractor
+from owlkit.models.owl import OwlForCausalLM
+from owlkit.models.vision import VisionEmbeddings
+from owlkit.processing.images import OwlImageProcessor
+from owlkit.processing.tokenizer_training import train_sentencepiece
+from owlkit.training import train
+from owlkit.training.recipe import load_recipe
+from owlkit.zoo.synth_eval import evaluate_synth, markdown
+from owlkit.zoo.tiny_vision import VisionPretrainSettings, pretrain_vision
+from owlkit.zoo.world import TASKS, described_turns, load_scenes, make_eval_set, make_world
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 IMAGE_SIZE = 112
 TEMPLATE_STRINGS = ["USER:", "ASSISTANT:", "</s>", "USER: hello ASSISTANT: hi</s>"]
 #: Task mix of the training world's instructions. Captions get a quarter share: stage 1 already
@@ -54,8 +70,6 @@ def _log(message: str) -> None:
 
 def text_only(world: Path) -> Path:
     """The world's instructions with each image replaced by its caption (text pre-training data)."""
-    from owlkit.data.synth import described_turns, load_scenes
-
     scenes = load_scenes(world)
     samples = json.loads((world / "instruct.json").read_text())
     out = []
@@ -72,11 +86,9 @@ def text_only(world: Path) -> Path:
 
 def train_tokenizer(world: Path, folder: Path, vocab_size: int) -> int:
     """SentencePiece BPE on the world's text; returns the id of ``<|image|>``."""
-    from owlkit.processing.tokenizer_training import train_sentencepiece
-
     lines = [json.loads(line)["caption"] for line in (world / "captions.jsonl").read_text().splitlines()]
     for sample in json.loads((world / "instruct.json").read_text()):
-        lines.extend(t["value"].replace("<|image|>", " ").strip() for t in sample["conversations"])
+        lines.extend(t["value"].replace(IMAGE_PLACEHOLDER, " ").strip() for t in sample["conversations"])
     return train_sentencepiece(lines + TEMPLATE_STRINGS * 20, folder, vocab_size)
 
 
@@ -90,11 +102,6 @@ def fan_in_init(model: torch.nn.Module) -> None:
     with this init, 100% after 150 steps). Embeddings and the abstractor's learned tokens get unit
     variance, the vision position table 0.1.
     """
-    import math
-
-    from owlkit.models.abstractor import VisualAbstractor
-    from owlkit.models.vision import VisionEmbeddings
-
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
@@ -112,12 +119,6 @@ def fan_in_init(model: torch.nn.Module) -> None:
 
 
 def init_model(folder: Path, vocab_size: int, image_token_id: int, seed: int) -> None:
-    from transformers.utils import logging
-
-    from owlkit.config import OwlConfig
-    from owlkit.models.owl import OwlForCausalLM
-    from owlkit.processing.images import OwlImageProcessor
-
     config = OwlConfig.from_preset("owl-tiny", image_token_id=image_token_id)
     config.text_config.vocab_size = vocab_size
     torch.manual_seed(seed)
@@ -130,8 +131,6 @@ def init_model(folder: Path, vocab_size: int, image_token_id: int, seed: int) ->
 
 def copy_text_branches_to_visual(folder: Path) -> None:
     """mPLUG-Owl2 initialises the visual K/V projections and norms from the text ones."""
-    from safetensors.torch import load_file, save_file
-
     path = folder / "model.safetensors"
     state = load_file(str(path))
     for name in list(state):
@@ -142,8 +141,6 @@ def copy_text_branches_to_visual(folder: Path) -> None:
 
 def run_stage(recipe: str, overrides: list[str]):
     """One training stage from scratch: a previous build's run folder is replaced."""
-    from owlkit.training import train
-
     out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
     shutil.rmtree(out, ignore_errors=True)
     _log(f"training {recipe} {' '.join(overrides)}")
@@ -163,13 +160,12 @@ def install(final: Path, run: Path, world_eval: dict) -> None:
     examples = ASSETS / "examples"
     shutil.rmtree(examples, ignore_errors=True)
     examples.mkdir(parents=True)
-    from owlkit.data.synth import make_eval_set
 
     chosen = []
     for sample in make_eval_set(7, 1, image_size=IMAGE_SIZE, tasks=["colour", "count", "position", "read", "shape"]):
         name = f"{sample.task}.png"
         sample.images[0].save(examples / name)
-        chosen.append({"image": name, "question": sample.question.replace("<|image|>", "").strip(),
+        chosen.append({"image": name, "question": sample.question.replace(IMAGE_PLACEHOLDER, "").strip(),
                        "answer": sample.answer})
     (examples / "questions.json").write_text(json.dumps(chosen, indent=2) + "\n")
     (target / "eval.json").write_text(json.dumps(world_eval["tasks"], indent=2) + "\n")
@@ -178,8 +174,6 @@ def install(final: Path, run: Path, world_eval: dict) -> None:
 def ensure_world(world: Path, seed: int, n_images: int, n_instruct: int) -> bool:
     """Write the training world unless ``world`` already holds one made with these settings
     (its manifest is compared); returns whether it was written."""
-    from owlkit.data.synth import TASKS, make_world
-
     task_weights = {task: (CAPTION_SHARE if task == "caption" else 1.0) for task in TASKS}
     wanted = {"seed": seed, "n": n_images, "n_instruct": n_instruct, "image_size": IMAGE_SIZE,
               "task_weights": task_weights, "noise_prob": NOISE_PROB}
@@ -196,10 +190,6 @@ def ensure_world(world: Path, seed: int, n_images: int, n_instruct: int) -> bool
 def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
           vocab_size: int = 1000, eval_seed: int = 1000, n_per_task: int = 100, steps_scale: float = 1.0,
           install_assets: bool = True) -> dict:
-    from owlkit.evaluation.synth import evaluate_synth, markdown
-    from owlkit.inference import Owl
-    from owlkit.training.recipe import load_recipe
-
     out = Path(out)
     start = time.perf_counter()
     world = out / "world"
@@ -216,7 +206,6 @@ def build(out: str | Path = "runs/owl-tiny", seed: int = 0, n_images: int = 6000
 
     stage0 = run_stage("owl_tiny_text.yaml", [f"model.init={init}", f"data.sources.0.path={text}",
                                               f"output_dir={out / 'text'}", steps("owl_tiny_text.yaml")])
-    from owlkit.tiny_vision import VisionPretrainSettings, pretrain_vision
 
     default = VisionPretrainSettings()
     vision_steps = max(1, int(default.steps * steps_scale))

@@ -44,6 +44,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from owlkit.checkpoints import _copy_side_files, load_model
+from owlkit.processing.images import OwlImageProcessor
+from owlkit.training.metrics import MetricsLogger
+from owlkit.training.optim import build_optimizer, build_scheduler
+from owlkit.zoo.world import (
+    COLOURS, GRID, OBJECT_COUNT_WEIGHTS, SHAPES, SIZES, WORDS, layout, load_scenes, random_scene, render,
+)
+
 LETTERS = string.ascii_uppercase  # CTC classes: 0 = blank, 1.. = A..Z
 
 
@@ -70,35 +78,27 @@ class PatchTargets:
     cells: np.ndarray  # [patches, 5] int64: colour, shape, size, object, object-and-cell (0 = none)
     count: int
     letters: list[int]
-    word: int = 0  # 1 + the word's index in synth.WORDS; 0 = no word (or one outside the list)
+    word: int = 0  # 1 + the word's index in the world's WORDS; 0 = no word (or one outside the list)
 
 
 def object_class(obj) -> int:
     """``obj``'s joint class of colour, shape and size, 0 ... 59."""
-    from owlkit.data.synth import COLOURS, SHAPES, SIZES
-
     return (sorted(COLOURS).index(obj.colour) * len(SHAPES) + SHAPES.index(obj.shape)) * len(SIZES) + SIZES.index(obj.size)
 
 
 def attributes(k: int) -> tuple[int, int, int]:
     """Inverse of :func:`object_class`: (colour, shape, size) indices."""
-    from owlkit.data.synth import SHAPES, SIZES
-
     return k // (len(SHAPES) * len(SIZES)), (k // len(SIZES)) % len(SHAPES), k % len(SIZES)
 
 
 def band_rows(image_size: int, patch_size: int) -> list[int]:
     """Patch rows whose centres lie in the text band below the grid."""
-    from owlkit.data.synth import layout
-
     grid_h, _, _ = layout(image_size)
     return [i for i in range(image_size // patch_size) if i * patch_size + patch_size / 2 >= grid_h]
 
 
 def patch_targets(scene, image_size: int, patch_size: int) -> PatchTargets:
     """The labels of ``scene`` for a ``patch_size`` grid over an ``image_size`` image."""
-    from owlkit.data.synth import GRID, WORDS, layout
-
     grid_h, cell_w, cell_h = layout(image_size)
     g = image_size // patch_size
     by_cell = {(o.row, o.col): o for o in scene.objects}
@@ -123,8 +123,6 @@ class PretrainHeads(nn.Module):
     """Linear read-outs of the encoder's tokens (discarded after pre-training)."""
 
     def __init__(self, hidden: int, band: int):
-        from owlkit.data.synth import COLOURS, GRID, OBJECT_COUNT_WEIGHTS, SHAPES, SIZES, WORDS
-
         super().__init__()
         objects = len(COLOURS) * len(SHAPES) * len(SIZES)
         self.splits = (1 + len(COLOURS), 1 + len(SHAPES), 1 + len(SIZES), 1 + objects, 1 + objects * GRID * GRID)
@@ -215,18 +213,11 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
                     settings: VisionPretrainSettings | None = None, threads: int = 2, log=print) -> Path:
     """Pre-train the vision encoder of the model in ``model_dir`` on ``world``'s images; the
     whole model (other weights unchanged) goes to ``out_dir``. Returns ``out_dir``."""
-    from owlkit.checkpoints import _copy_side_files
-    from owlkit.data.synth import load_scenes, random_scene, render
-    from owlkit.models.owl import OwlForCausalLM
-    from owlkit.processing.images import OwlImageProcessor
-    from owlkit.training.metrics import MetricsLogger
-    from owlkit.training.optim import build_optimizer, build_scheduler
-
     s = settings or VisionPretrainSettings()
     model_dir, world, out_dir = Path(model_dir), Path(world), Path(out_dir)
     torch.set_num_threads(threads)
     torch.manual_seed(s.seed)
-    model = OwlForCausalLM.from_pretrained(model_dir)
+    model = load_model(model_dir)
     vision = model.vision
     size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
     grid, band = size // patch, band_rows(size, patch)

@@ -1,4 +1,4 @@
-"""Configurations for both mPLUG-Owl generations.
+"""The model's configurations for both mPLUG-Owl generations, and the named presets.
 
 One model class serves mPLUG-Owl (v1) and mPLUG-Owl2; what differs between them is data here:
 
@@ -21,13 +21,8 @@ from typing import Any
 
 from transformers import LlamaConfig, PreTrainedConfig
 
+from owlkit.config import IMAGE_TOKEN_INDEX
 from owlkit.errors import ConfigError
-
-#: Placeholder id of the mPLUG-Owl2 code: one per image in ``input_ids``.
-IMAGE_TOKEN_INDEX = -200
-#: Placeholder id of the mPLUG-Owl (v1) code: a run of ``tokens_per_image`` of them per image.
-V1_IMAGE_ID = -1
-IGNORE_INDEX = -100
 
 
 class OwlVisionConfig(PreTrainedConfig):
@@ -196,7 +191,7 @@ PRESETS: dict[str, dict] = {
         dict(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
              max_position_embeddings=2048),
     ),
-    # The bundled model (owlkit/tiny.py): 112 px images, GQA decoder; vocab set by its tokenizer.
+    # The bundled model (owlkit/zoo/tiny.py): 112 px images, GQA decoder; vocab set by its tokenizer.
     "owl-tiny": _preset(
         2,
         dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, image_size=112),

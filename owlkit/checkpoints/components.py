@@ -16,10 +16,12 @@ import json
 from pathlib import Path
 
 import torch
+from transformers import LlamaConfig
 
-from owlkit.checkpoints import read_state_dict
 from owlkit.config import OwlConfig
 from owlkit.errors import CheckpointError
+from owlkit.models.owl import OwlForCausalLM
+from owlkit.weight_files import read_state_dict
 
 _CLIP_LAYER = {
     "layer_norm1.weight": "input_layernorm.weight", "layer_norm1.bias": "input_layernorm.bias",
@@ -68,8 +70,6 @@ def build_from_components(
     seed: int = 0,
 ):
     """A new OwlForCausalLM: LLaMA + CLIP weights, new abstractor (seeded init)."""
-    from owlkit.models.owl import OwlForCausalLM
-
     llama_path, clip_path = Path(llama_path), Path(clip_path)
     llama_cfg = _read_config(llama_path, "LLaMA")
     if llama_cfg.get("model_type") != "llama":
@@ -79,8 +79,6 @@ def build_from_components(
         clip_cfg = clip_cfg["vision_config"]
     elif clip_cfg.get("model_type") != "clip_vision_model":
         raise CheckpointError(f"{clip_path} holds a {clip_cfg.get('model_type')!r} model; expected CLIP")
-
-    from transformers import LlamaConfig
 
     text = LlamaConfig(**{k: v for k, v in llama_cfg.items() if k not in ("model_type", "architectures")})
     vision = {
