@@ -37,8 +37,10 @@ from pathlib import Path
 
 import torch
 
+from owlkit.training.recipe import RECIPE_DIR
+
 ASSETS = Path(__file__).resolve().parent / "assets"
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = RECIPE_DIR
 IMAGE_SIZE = 112
 TEMPLATE_STRINGS = ["USER:", "ASSISTANT:", "</s>", "USER: hello ASSISTANT: hi</s>"]
 #: Task mix of the training world's instructions. Captions get a quarter share: stage 1 already

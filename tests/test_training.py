@@ -107,7 +107,7 @@ def test_bundled_recipes_load_and_name_their_command():
         assert r.stage == stage
         assert (r.lora or {}).get("r") == rank
         head = resolve_recipe_path(name).read_text().splitlines()[:8]
-        assert any(line.startswith(f"#   owl train recipes/{name}.yaml") for line in head), name
+        assert any(line.startswith(f"#   owl train {name}") for line in head), name
     lora = load_recipe("owl1_stage2").lora
     assert lora == {"r": 8, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
                     "modules_to_save": ["abstractor"]}
@@ -255,7 +255,8 @@ def test_lr_scales_multiply_the_rate_under_a_name_prefix(tmp_path):
     # a real one-step run: Adam's first step moves every weight by about the group's rate
     from safetensors.torch import load_file
 
-    from owlkit.training.loop import build_model, train
+    from owlkit.training.loop import train
+    from owlkit.training.setup import build_model
 
     moved = {}
     for name, over in (("plain", {}), ("scaled", {"optim__lr_scales": {"abstractor": 0.25}})):
@@ -419,8 +420,8 @@ def test_grad_accumulation_and_checkpointing_give_the_global_batch_loss(tmp_path
 
 def test_loss_matches_the_model_loss(tmp_path):
     """The loop's leaner loss (logits at supervised positions only) is the model's mean CE."""
-    from owlkit.training.data import RandomDataset, tensor_collate
-    from owlkit.training.loop import LossModule
+    from owlkit.training.loss import LossModule
+    from owlkit.training.sources import RandomDataset, tensor_collate
 
     model = _model("test-owl2").train()
     data = RandomDataset(3, 256, 56, text_tokens=9, images_per_sample=[1, 0, 2], seed=3)
@@ -436,7 +437,7 @@ class _Poisoned(torch.utils.data.Dataset):
     """Random records; from sample ``at`` on, NaN pixels or a reader error."""
 
     def __init__(self, kind, at, n=24):
-        from owlkit.training.data import RandomDataset
+        from owlkit.training.sources import RandomDataset
 
         self.base, self.kind, self.at = RandomDataset(n, 256, 56, text_tokens=10, seed=42), kind, at
 
@@ -453,7 +454,7 @@ class _Poisoned(torch.utils.data.Dataset):
 
 
 def _source(kind=None, at=-1, collate=None):
-    from owlkit.training.data import BatchSource, tensor_collate
+    from owlkit.training.sources import BatchSource, tensor_collate
 
     return BatchSource(_Poisoned(kind, at), collate or tensor_collate)
 
@@ -497,7 +498,7 @@ def test_data_errors_stop_and_resume_continues_exactly(tmp_path):
 
 def _position_of(step):
     """Dataset index read first at 1-based ``step`` by the tiny recipe (shuffled, 24 samples)."""
-    from owlkit.training.data import StepSampler
+    from owlkit.training.sampling import StepSampler
 
     s = StepSampler(24, 2, 2, 0, 1, seed=42, shuffle=True, start_step=0, total_steps=6)
     return s.index((step - 1) * 4)
@@ -505,7 +506,7 @@ def _position_of(step):
 
 def test_bad_images_are_counted_or_stop_the_run(tmp_path):
     from owlkit.training import train
-    from owlkit.training.data import tensor_collate
+    from owlkit.training.sources import tensor_collate
     from owlkit.training.loop import TrainingError
 
     def skipping(records):  # what OwlCollator(on_bad_image="skip") returns for one bad image
@@ -665,7 +666,7 @@ def test_real_data_through_owlkit_data_with_a_missing_image(tmp_path):
 def test_group_by_length_makes_batches_of_similar_length_and_keeps_epochs_whole():
     import numpy as np
 
-    from owlkit.training.data import StepSampler
+    from owlkit.training.sampling import StepSampler
 
     lengths = np.random.default_rng(0).integers(1, 200, 100)
 
@@ -691,7 +692,7 @@ def test_group_by_length_makes_batches_of_similar_length_and_keeps_epochs_whole(
 def test_sort_micro_batches_reorders_a_step_but_keeps_its_samples():
     import numpy as np
 
-    from owlkit.training.data import StepSampler
+    from owlkit.training.sampling import StepSampler
 
     lengths = np.random.default_rng(1).integers(1, 200, 60)
     plain = StepSampler(60, 3, 4, 0, 1, seed=5, shuffle=True, start_step=0, total_steps=10)
