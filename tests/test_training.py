@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +113,25 @@ def test_bundled_recipes_load_and_name_their_command():
     assert lora == {"r": 8, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
                     "modules_to_save": ["abstractor"]}
     assert load_recipe("owl2_stage1").optim.layer_decay == 0.9
+
+
+def test_recipes_by_name_and_by_path(tmp_path, monkeypatch):
+    """A bare name is a packaged recipe (whatever the working folder holds); anything with a
+    ``/`` or ``.yaml`` is a path; an unknown name is one line listing the packaged ones."""
+    from owlkit.training.recipe import RECIPE_DIR, packaged_recipes, resolve_recipe_path
+
+    assert {"owl2_stage1", "owl2_stage2", "owl1_stage1", "owl1_stage2", "smoke"} <= set(packaged_recipes())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # a folder named like a recipe does not shadow it
+    assert resolve_recipe_path("smoke") == RECIPE_DIR / "smoke.yaml"
+    (tmp_path / "mine.yaml").write_text((RECIPE_DIR / "smoke.yaml").read_text())
+    assert resolve_recipe_path("mine.yaml") == Path("mine.yaml")
+    assert load_recipe("./mine.yaml", ["train.steps=3"]).train.steps == 3
+    with pytest.raises(ConfigError, match=r"^no packaged recipe named 'owl2_stage3'; did you mean 'owl2_stage[12]'\? "
+                                          r"available: .*owl2_stage2.*smoke"):
+        resolve_recipe_path("owl2_stage3")
+    with pytest.raises(ConfigError, match=r"^recipe file recipes/smoke.yaml not found$"):
+        resolve_recipe_path("recipes/smoke.yaml")
 
 
 def test_cli_reports_recipe_errors_in_one_line_with_exit_code_2(capsys, tmp_path):
@@ -433,6 +453,39 @@ def test_loss_matches_the_model_loss(tmp_path):
     assert float(ours.detach()) / n == pytest.approx(float(ref.detach()), rel=1e-5)
 
 
+def test_a_step_expands_each_micro_batch_once_and_names_its_numbers(tmp_path, monkeypatch):
+    """train_step returns a StepStats whose counts are the metrics row's; the placeholders of a
+    micro-batch are expanded once (the counts and the forward pass share the layout)."""
+    import owlkit.models.owl
+    import owlkit.training.step
+    from owlkit.models.splice import expand_placeholders
+    from owlkit.training import StepStats, train, train_step
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return expand_placeholders(*args, **kwargs)
+
+    monkeypatch.setattr(owlkit.training.step, "expand_placeholders", counted)
+    monkeypatch.setattr(owlkit.models.owl, "expand_placeholders", counted)
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(train_step(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr("owlkit.training.loop.train_step", recording)
+    data = [{"type": "random", "num_samples": 24, "text_tokens": 10, "images_per_sample": [1, 0, 2]}]
+    result = train(tiny(tmp_path / "run", train__steps=2, data__sources=data))
+    assert len(calls) == 2 * 2  # steps x micro-batches
+    assert all(isinstance(s, StepStats) for s in seen) and len(seen) == 2
+    for stats, row in zip(seen, result.history):
+        for name in ("loss", "grad_norm", "lr", "tokens", "positions", "supervised_tokens", "samples"):
+            assert getattr(stats, name) == row[name], name
+        assert stats.read == stats.samples == 4 and stats.data_errors == 0
+
+
 class _Poisoned(torch.utils.data.Dataset):
     """Random records; from sample ``at`` on, NaN pixels or a reader error."""
 
@@ -570,7 +623,7 @@ def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
 def test_data_source_keys_are_checked_by_print_recipe(capsys):
     from owlkit.cli import main as owl
 
-    assert owl(["train", "recipes/smoke.yaml", "data.sources.0.num_sample=3", "--print-recipe"]) == 2
+    assert owl(["train", "smoke", "data.sources.0.num_sample=3", "--print-recipe"]) == 2
     assert "unknown key 'num_sample' in a 'random' data source; did you mean 'num_samples'?" in capsys.readouterr().err
     header = ["train", "owl2_stage2", "model.init=runs/x", "data.sources.0.path=a.json", "data.sources.0.wieght=2"]
     assert owl([*header, "--print-recipe"]) == 2
