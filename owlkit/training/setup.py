@@ -17,8 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from owlkit.checkpoints import _copy_side_files, quiet_saving
+from owlkit.checkpoints import _copy_side_files, load_model, quiet_saving, save_model
+from owlkit.components import build_from_components
+from owlkit.config import OwlConfig
 from owlkit.errors import ConfigError
+from owlkit.models.owl import OwlForCausalLM
 from owlkit.training import distributed as D
 from owlkit.training.lora import apply_lora
 from owlkit.training.optim import build_optimizer, build_scheduler, warmup_steps
@@ -76,17 +79,9 @@ def build_model(recipe: Recipe, seed: int):
     dtype = getattr(torch, spec["dtype"])
     torch.manual_seed(seed)
     if spec.get("init"):
-        from owlkit.checkpoints import load_model
-
         return load_model(spec["init"], dtype=dtype)
     if spec.get("preset"):
-        from owlkit import registry  # noqa: F401
-        from owlkit.config import OwlConfig
-        from owlkit.models.owl import OwlForCausalLM
-
         return OwlForCausalLM(OwlConfig.from_preset(spec["preset"])).to(dtype)
-    from owlkit.components import build_from_components
-
     comp = dict(spec["components"])
     return build_from_components(comp.pop("llama"), comp.pop("clip"), seed=seed, **comp).to(dtype)
 
@@ -94,7 +89,7 @@ def build_model(recipe: Recipe, seed: int):
 @dataclass
 class ModelParts:
     inner: nn.Module  # OwlForCausalLM, or the peft model around it for LoRA runs
-    config: object  # OwlConfig
+    config: OwlConfig
     base_dir: Path | None  # LoRA runs: the base model folder the adapter refers to
 
 
@@ -118,8 +113,6 @@ def setup_model(recipe: Recipe, info: D.DistInfo, out: Path) -> ModelParts:
         else:
             base_dir = (out / BASE).resolve()
             if info.is_main and not (base_dir / "config.json").exists():
-                from owlkit.checkpoints import save_model
-
                 with quiet_saving():
                     save_model(model, base_dir)
                 copy_side_files(recipe, base_dir)

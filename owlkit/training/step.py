@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from owlkit.config import IGNORE_INDEX
+from owlkit.config import IGNORE_INDEX, OwlConfig
 from owlkit.errors import OwlError
 from owlkit.models.splice import Expanded, expand_placeholders
 from owlkit.training import distributed as D
@@ -55,6 +55,7 @@ class StepStats:
     grad_norm: float = 0.0  # before clipping
     lr: float = 0.0  # of the groups at optim.lr (lr_scale 1)
 
+    #: The fields summed over ranks (the rest is computed once the counts are known).
     COUNTS = ("supervised_tokens", "tokens", "positions", "samples", "dropped_bad_image", "dropped_no_reply",
               "data_errors")
 
@@ -70,16 +71,13 @@ class StepStats:
         return StepStats(**{name: int(value) for name, value in zip(self.COUNTS, packed.tolist())})
 
 
-assert set(StepStats.COUNTS) < {f.name for f in fields(StepStats)}
-
-
 @dataclass
 class TrainState:
     """The model, optimiser and schedule a step updates, and how it runs them."""
 
     info: D.DistInfo
     mode: str  # none | ddp | fsdp2
-    config: object  # OwlConfig
+    config: OwlConfig
     wrapped: nn.Module  # the LossModule as DDP / FSDP2 see it
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
