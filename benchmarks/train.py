@@ -92,9 +92,10 @@ def counted_flops(recipe: dict, batch: dict) -> float:
     """FLOPs of one forward + backward measured by torch's FLOP counter (per sample)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from owlkit.training.loop import LossModule, build_model
+    from owlkit.training.loss import LossModule
     from owlkit.training.params import apply_stage
     from owlkit.training.recipe import load_recipe
+    from owlkit.training.setup import build_model
 
     r = load_recipe(recipe)
     model = build_model(r, 0)
@@ -120,7 +121,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from owlkit.training import train
-    from owlkit.training.data import RandomDataset, tensor_collate
+    from owlkit.training.sources import RandomDataset, tensor_collate
 
     rate = matmul_rate()
     with tempfile.TemporaryDirectory() as tmp:
@@ -178,9 +179,10 @@ def main() -> None:
 def _profile(recipe: dict, batch: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from owlkit.training.loop import LossModule, build_model
+    from owlkit.training.loss import LossModule
     from owlkit.training.params import apply_stage
     from owlkit.training.recipe import load_recipe
+    from owlkit.training.setup import build_model
 
     r = load_recipe(recipe)
     model = build_model(r, 0)

@@ -222,7 +222,7 @@ def test_the_model_config_decides_the_placeholder(tmp_path, images):
 
     from owlkit.config import IMAGE_TOKEN_INDEX
     from owlkit.data.collator import OwlCollator
-    from owlkit.training.data import load_processing
+    from owlkit.training.sources import load_processing
 
     folder = tmp_path / "model"
     image_id = train_tokenizer(folder, 320)

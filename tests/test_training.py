@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,11 +108,30 @@ def test_bundled_recipes_load_and_name_their_command():
         assert r.stage == stage
         assert (r.lora or {}).get("r") == rank
         head = resolve_recipe_path(name).read_text().splitlines()[:8]
-        assert any(line.startswith(f"#   owl train recipes/{name}.yaml") for line in head), name
+        assert any(line.startswith(f"#   owl train {name}") for line in head), name
     lora = load_recipe("owl1_stage2").lora
     assert lora == {"r": 8, "alpha": 32, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"],
                     "modules_to_save": ["abstractor"]}
     assert load_recipe("owl2_stage1").optim.layer_decay == 0.9
+
+
+def test_recipes_by_name_and_by_path(tmp_path, monkeypatch):
+    """A bare name is a packaged recipe (whatever the working folder holds); anything with a
+    ``/`` or ``.yaml`` is a path; an unknown name is one line listing the packaged ones."""
+    from owlkit.training.recipe import RECIPE_DIR, packaged_recipes, resolve_recipe_path
+
+    assert {"owl2_stage1", "owl2_stage2", "owl1_stage1", "owl1_stage2", "smoke"} <= set(packaged_recipes())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # a folder named like a recipe does not shadow it
+    assert resolve_recipe_path("smoke") == RECIPE_DIR / "smoke.yaml"
+    (tmp_path / "mine.yaml").write_text((RECIPE_DIR / "smoke.yaml").read_text())
+    assert resolve_recipe_path("mine.yaml") == Path("mine.yaml")
+    assert load_recipe("./mine.yaml", ["train.steps=3"]).train.steps == 3
+    with pytest.raises(ConfigError, match=r"^no packaged recipe named 'owl2_stage3'; did you mean 'owl2_stage[12]'\? "
+                                          r"available: .*owl2_stage2.*smoke"):
+        resolve_recipe_path("owl2_stage3")
+    with pytest.raises(ConfigError, match=r"^recipe file recipes/smoke.yaml not found$"):
+        resolve_recipe_path("recipes/smoke.yaml")
 
 
 def test_cli_reports_recipe_errors_in_one_line_with_exit_code_2(capsys, tmp_path):
@@ -255,7 +275,8 @@ def test_lr_scales_multiply_the_rate_under_a_name_prefix(tmp_path):
     # a real one-step run: Adam's first step moves every weight by about the group's rate
     from safetensors.torch import load_file
 
-    from owlkit.training.loop import build_model, train
+    from owlkit.training.loop import train
+    from owlkit.training.setup import build_model
 
     moved = {}
     for name, over in (("plain", {}), ("scaled", {"optim__lr_scales": {"abstractor": 0.25}})):
@@ -419,8 +440,8 @@ def test_grad_accumulation_and_checkpointing_give_the_global_batch_loss(tmp_path
 
 def test_loss_matches_the_model_loss(tmp_path):
     """The loop's leaner loss (logits at supervised positions only) is the model's mean CE."""
-    from owlkit.training.data import RandomDataset, tensor_collate
-    from owlkit.training.loop import LossModule
+    from owlkit.training.loss import LossModule
+    from owlkit.training.sources import RandomDataset, tensor_collate
 
     model = _model("test-owl2").train()
     data = RandomDataset(3, 256, 56, text_tokens=9, images_per_sample=[1, 0, 2], seed=3)
@@ -432,11 +453,44 @@ def test_loss_matches_the_model_loss(tmp_path):
     assert float(ours.detach()) / n == pytest.approx(float(ref.detach()), rel=1e-5)
 
 
+def test_a_step_expands_each_micro_batch_once_and_names_its_numbers(tmp_path, monkeypatch):
+    """train_step returns a StepStats whose counts are the metrics row's; the placeholders of a
+    micro-batch are expanded once (the counts and the forward pass share the layout)."""
+    import owlkit.models.owl
+    import owlkit.training.step
+    from owlkit.models.splice import expand_placeholders
+    from owlkit.training import StepStats, train, train_step
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)
+        return expand_placeholders(*args, **kwargs)
+
+    monkeypatch.setattr(owlkit.training.step, "expand_placeholders", counted)
+    monkeypatch.setattr(owlkit.models.owl, "expand_placeholders", counted)
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(train_step(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr("owlkit.training.loop.train_step", recording)
+    data = [{"type": "random", "num_samples": 24, "text_tokens": 10, "images_per_sample": [1, 0, 2]}]
+    result = train(tiny(tmp_path / "run", train__steps=2, data__sources=data))
+    assert len(calls) == 2 * 2  # steps x micro-batches
+    assert all(isinstance(s, StepStats) for s in seen) and len(seen) == 2
+    for stats, row in zip(seen, result.history):
+        for name in ("loss", "grad_norm", "lr", "tokens", "positions", "supervised_tokens", "samples"):
+            assert getattr(stats, name) == row[name], name
+        assert stats.read == stats.samples == 4 and stats.data_errors == 0
+
+
 class _Poisoned(torch.utils.data.Dataset):
     """Random records; from sample ``at`` on, NaN pixels or a reader error."""
 
     def __init__(self, kind, at, n=24):
-        from owlkit.training.data import RandomDataset
+        from owlkit.training.sources import RandomDataset
 
         self.base, self.kind, self.at = RandomDataset(n, 256, 56, text_tokens=10, seed=42), kind, at
 
@@ -453,7 +507,7 @@ class _Poisoned(torch.utils.data.Dataset):
 
 
 def _source(kind=None, at=-1, collate=None):
-    from owlkit.training.data import BatchSource, tensor_collate
+    from owlkit.training.sources import BatchSource, tensor_collate
 
     return BatchSource(_Poisoned(kind, at), collate or tensor_collate)
 
@@ -497,7 +551,7 @@ def test_data_errors_stop_and_resume_continues_exactly(tmp_path):
 
 def _position_of(step):
     """Dataset index read first at 1-based ``step`` by the tiny recipe (shuffled, 24 samples)."""
-    from owlkit.training.data import StepSampler
+    from owlkit.training.sampling import StepSampler
 
     s = StepSampler(24, 2, 2, 0, 1, seed=42, shuffle=True, start_step=0, total_steps=6)
     return s.index((step - 1) * 4)
@@ -505,7 +559,7 @@ def _position_of(step):
 
 def test_bad_images_are_counted_or_stop_the_run(tmp_path):
     from owlkit.training import train
-    from owlkit.training.data import tensor_collate
+    from owlkit.training.sources import tensor_collate
     from owlkit.training.loop import TrainingError
 
     def skipping(records):  # what OwlCollator(on_bad_image="skip") returns for one bad image
@@ -569,7 +623,7 @@ def test_a_warmup_longer_than_the_run_is_warned_about(tmp_path, capsys):
 def test_data_source_keys_are_checked_by_print_recipe(capsys):
     from owlkit.cli import main as owl
 
-    assert owl(["train", "recipes/smoke.yaml", "data.sources.0.num_sample=3", "--print-recipe"]) == 2
+    assert owl(["train", "smoke", "data.sources.0.num_sample=3", "--print-recipe"]) == 2
     assert "unknown key 'num_sample' in a 'random' data source; did you mean 'num_samples'?" in capsys.readouterr().err
     header = ["train", "owl2_stage2", "model.init=runs/x", "data.sources.0.path=a.json", "data.sources.0.wieght=2"]
     assert owl([*header, "--print-recipe"]) == 2
@@ -665,7 +719,7 @@ def test_real_data_through_owlkit_data_with_a_missing_image(tmp_path):
 def test_group_by_length_makes_batches_of_similar_length_and_keeps_epochs_whole():
     import numpy as np
 
-    from owlkit.training.data import StepSampler
+    from owlkit.training.sampling import StepSampler
 
     lengths = np.random.default_rng(0).integers(1, 200, 100)
 
@@ -691,7 +745,7 @@ def test_group_by_length_makes_batches_of_similar_length_and_keeps_epochs_whole(
 def test_sort_micro_batches_reorders_a_step_but_keeps_its_samples():
     import numpy as np
 
-    from owlkit.training.data import StepSampler
+    from owlkit.training.sampling import StepSampler
 
     lengths = np.random.default_rng(1).integers(1, 200, 60)
     plain = StepSampler(60, 3, 4, 0, 1, seed=5, shuffle=True, start_step=0, total_steps=10)

@@ -26,7 +26,7 @@ from owlkit.checkpoints.names import (
     official_names,
 )
 from owlkit.checkpoints.official_config import config_from_official, config_to_official
-from owlkit.checkpoints.saving import _copy_side_files, convert, quiet_saving, save_model
+from owlkit.checkpoints.saving import copy_side_files, convert, quiet_saving, save_model
 from owlkit.models.owl import OwlForCausalLM
 
 OwlForCausalLM.folder_loader = staticmethod(load_model)
@@ -35,5 +35,5 @@ __all__ = [
     "FORMATS", "OFFICIAL_V1", "OFFICIAL_V2", "OWLKIT",
     "build_from_components", "carried_names", "config_from_official", "config_to_official", "convert",
     "detect_format", "fuse_qkv", "load_model", "official_buffers", "official_names", "quiet_saving",
-    "read_config", "save_model",
+    "copy_side_files", "read_config", "save_model",
 ]

@@ -65,11 +65,11 @@ def convert(src: str | Path, dst: str | Path, format: str = "owlkit", dtype: tor
         dtype = max(set(floats), key=floats.count) if floats else torch.float32
     model = load_model(src, dtype=dtype)
     out = save_model(model, dst, format=format)
-    _copy_side_files(src, out)
+    copy_side_files(src, out)
     return out
 
 
-def _copy_side_files(src: Path, dst: Path) -> None:
+def copy_side_files(src: Path, dst: Path) -> None:
     """Tokenizer and preprocessing files travel with the weights."""
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                  "preprocessor_config.json", "added_tokens.json"):

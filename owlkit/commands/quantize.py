@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.checkpoints import _copy_side_files, load_model, save_model
+    from owlkit.checkpoints import copy_side_files, load_model, save_model
     from owlkit.outputs import writable_folder
     from owlkit.quantization import CONFIG_KEY
 
@@ -33,7 +33,7 @@ def run(args) -> int:
     model = load_model(args.src, dtype=args.dtype, quantize=f"int{args.bits}", group_size=args.group_size,
                        keep_portable=True)
     save_model(model, dst)
-    _copy_side_files(Path(args.src), dst)
+    copy_side_files(Path(args.src), dst)
     info = getattr(model.config, CONFIG_KEY)
     kept = f"; kept in {model.dtype}: {', '.join(info['kept'])}" if info["kept"] else ""
     size = sum(f.stat().st_size for f in dst.glob("*.safetensors"))

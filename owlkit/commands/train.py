@@ -1,7 +1,9 @@
 """``owl train RECIPE [key=value ...] [--resume [CHECKPOINT]] [--nproc N]``.
 
-RECIPE is a YAML file (or the name of a bundled recipe: ``owl2_stage1``, ``owl2_stage2``,
-``owl1_stage1``, ``owl1_stage2``); every key can be overridden as ``a.b=value`` (YAML scalars).
+RECIPE is the name of a recipe shipped in the package (a bare name, no ``/`` and no ``.yaml``:
+``owl2_stage1``, ``owl2_stage2``, ``owl1_stage1``, ``owl1_stage2``, ``smoke``, ...; they live in
+``owlkit/recipes/``) or the path of a YAML file; every key can be overridden as ``a.b=value``
+(YAML scalars).
 ``--nproc N`` starts N processes with torchrun (or ``--launcher spawn``: torch.multiprocessing);
 the recipe's ``train.distributed`` chooses DDP or FSDP2. See docs/training.md.
 """
@@ -13,7 +15,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe YAML file or bundled recipe name")
+    parser.add_argument("recipe", help="packaged recipe name (e.g. owl2_stage2) or recipe YAML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, nested keys with dots (e.g. optim.lr=2e-5 train.steps=100)")
     parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",

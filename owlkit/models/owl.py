@@ -31,7 +31,7 @@ from owlkit.config import IGNORE_INDEX, OwlConfig
 from owlkit.errors import InputError, OwlError
 from owlkit.models.abstractor import VisualAbstractor
 from owlkit.models.decoder import OwlDecoder
-from owlkit.models.splice import expand_placeholders
+from owlkit.models.splice import Expanded, expand_placeholders
 from owlkit.models.vision import VisionEncoder
 
 
@@ -202,6 +202,12 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
         """Expanded embeddings, attention mask, labels and modality ids for a batch."""
         cfg = self.config
         ex = expand_placeholders(input_ids, attention_mask, labels, cfg.tokens_per_image, cfg.image_token_id, pad_side)
+        return self.embed_expanded(ex, pixel_values)
+
+    def embed_expanded(self, ex: Expanded, pixel_values: torch.Tensor | None):
+        """:meth:`embed_multimodal` of a batch already in the expanded layout (the training step
+        expands each micro-batch once, counting its tokens there)."""
+        cfg = self.config
         if pixel_values is not None and (pixel_values.ndim != 4 or pixel_values.shape[1] != cfg.vision_config.num_channels):
             raise InputError(
                 f"pixel_values must have shape [images, {cfg.vision_config.num_channels}, H, W] "

@@ -1,12 +1,12 @@
 """Scale-out on PyTorch's own engine: process groups, DDP / FSDP2 wrapping, launchers.
 
-``torchrun --nproc_per_node N -m owlkit.train RECIPE`` (or ``owl train RECIPE --nproc N``, see
+``torchrun --nproc_per_node N -m owlkit.training RECIPE`` (or ``owl train RECIPE --nproc N``, see
 :mod:`owlkit.training.launch`) starts N processes; each reads ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` from the environment and joins
 one process group (NCCL on CUDA, gloo on CPU). ``train.distributed`` selects the wrapper:
 
 * ``ddp``: :class:`~torch.nn.parallel.DistributedDataParallel`. Every trainable parameter takes
   part in every forward (the loop gives image-less micro-batches a dummy image row, see
-  :func:`owlkit.training.loop.with_dummy_image`), so no unused-parameter search is needed;
+  :func:`owlkit.training.loss.with_dummy_image`), so no unused-parameter search is needed;
 * ``fsdp2``: :func:`torch.distributed.fsdp.fully_shard` on every vision, abstractor and decoder
   layer, then on the root (parameters, gradients and optimiser state sharded).
 """

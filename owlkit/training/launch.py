@@ -1,6 +1,6 @@
 """Starting N training processes on this machine (imports no torch: the launcher stays light).
 
-* :func:`launch_torchrun`: ``python -m torch.distributed.run --nproc_per_node N -m owlkit.train ...``
+* :func:`launch_torchrun`: ``python -m torch.distributed.run --nproc_per_node N -m owlkit.training ...``
   (PyTorch's own launcher; what ``owl train --nproc N`` runs);
 * :func:`spawn`: ``torch.multiprocessing`` with the same environment torchrun sets (``RANK``,
   ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``), for ``--launcher spawn`` and
@@ -22,11 +22,11 @@ def free_port() -> int:
 
 
 def torchrun_command(nproc: int, args: list[str], port: int | None = None) -> list[str]:
-    """``python -m torch.distributed.run --nproc_per_node N ... -m owlkit.train ARGS``."""
+    """``python -m torch.distributed.run --nproc_per_node N ... -m owlkit.training ARGS``."""
     return [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--nnodes", "1",
         "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()),
-        "-m", "owlkit.train", *args,
+        "-m", "owlkit.training", *args,
     ]
 
 

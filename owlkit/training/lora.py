@@ -116,7 +116,7 @@ def merge_lora(source: str | Path, out: str | Path, base: str | Path | None = No
     """Fold a LoRA adapter into its base model and write a plain owlkit folder at ``out``."""
     from peft import PeftModel
 
-    from owlkit.checkpoints import _copy_side_files, load_model, save_model
+    from owlkit.checkpoints import copy_side_files, load_model, save_model
 
     adapter = find_adapter(source)
     base_dir = find_base(adapter, base)
@@ -124,5 +124,5 @@ def merge_lora(source: str | Path, out: str | Path, base: str | Path | None = No
     peft_model = PeftModel.from_pretrained(model, str(adapter))
     merged = peft_model.merge_and_unload()
     out = save_model(merged, out)
-    _copy_side_files(base_dir, out)
+    copy_side_files(base_dir, out)
     return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from owlkit.errors import ConfigError
 
 STAGES = ("owl2_stage1", "owl2_stage2", "owl1_stage1", "owl1_stage2")
 TOP_MODULES = ("vision", "abstractor", "language_model", "lm_head")
+#: The recipes shipped in the package, addressable by name (``owl train owl2_stage2``).
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 #: Every recipe key and its default. ``None`` leaves a choice to the code (documented there).
 DEFAULTS: dict[str, Any] = {
@@ -284,19 +287,27 @@ def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | 
     return validate(Recipe(tree))
 
 
+def packaged_recipes() -> list[str]:
+    """Names of the recipes shipped in the package (``owl train NAME``)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
 def resolve_recipe_path(source: str | Path) -> Path:
-    """A path, or the name of a bundled recipe (``owl2_stage1`` -> recipes/owl2_stage1.yaml)."""
+    """A recipe file: a bare name (no ``/``, no ``.yaml``) is a packaged recipe
+    (``owl2_stage1`` -> ``owlkit/recipes/owl2_stage1.yaml``), anything else a path."""
+    text = str(source)
+    bare = "/" not in text and os.sep not in text and not text.endswith((".yaml", ".yml"))
+    if bare and (RECIPE_DIR / f"{text}.yaml").is_file():
+        return RECIPE_DIR / f"{text}.yaml"
     path = Path(source)
     if path.exists():
         return path
-    bundled = Path(__file__).resolve().parents[2] / "recipes"
-    for candidate in (bundled / str(source), bundled / f"{source}.yaml"):
-        if candidate.is_file():
-            return candidate
-    names = sorted(p.stem for p in bundled.glob("*.yaml")) if bundled.is_dir() else []
-    near = difflib.get_close_matches(str(source), names, n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else (f"; bundled recipes: {', '.join(names)}" if names else "")
-    raise ConfigError(f"recipe {source} not found{hint}")
+    if not bare:
+        raise ConfigError(f"recipe file {source} not found")
+    names = packaged_recipes()
+    near = difflib.get_close_matches(text, names, n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise ConfigError(f"no packaged recipe named {text!r}; {hint}available: {', '.join(names)}")
 
 
 def _number(recipe: Recipe, path: str, *, minimum: float | None = None, integer: bool = False,

@@ -48,13 +48,13 @@ from owlkit.models.vision import VisionEmbeddings
 from owlkit.processing.images import OwlImageProcessor
 from owlkit.processing.tokenizer_training import train_sentencepiece
 from owlkit.training import train
-from owlkit.training.recipe import load_recipe
+from owlkit.training.recipe import RECIPE_DIR, load_recipe
 from owlkit.zoo.synth_eval import evaluate_synth, markdown
 from owlkit.zoo.tiny_vision import VisionPretrainSettings, pretrain_vision
 from owlkit.zoo.world import TASKS, described_turns, load_scenes, make_eval_set, make_world
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES = RECIPE_DIR
 IMAGE_SIZE = 112
 TEMPLATE_STRINGS = ["USER:", "ASSISTANT:", "</s>", "USER: hello ASSISTANT: hi</s>"]
 #: Task mix of the training world's instructions. Captions get a quarter share: stage 1 already

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from owlkit.checkpoints import _copy_side_files, load_model
+from owlkit.checkpoints import copy_side_files, load_model
 from owlkit.processing.images import OwlImageProcessor
 from owlkit.training.metrics import MetricsLogger
 from owlkit.training.optim import build_optimizer, build_scheduler
@@ -264,6 +264,6 @@ def pretrain_vision(model_dir: str | Path, world: str | Path, out_dir: str | Pat
         metrics.close()
     vision.eval()
     model.save_pretrained(out_dir)
-    _copy_side_files(model_dir, out_dir)
+    copy_side_files(model_dir, out_dir)
     (out_dir / "vision_pretrain.json").write_text(json.dumps(asdict(s), indent=2) + "\n")
     return out_dir
