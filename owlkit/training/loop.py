@@ -41,7 +41,7 @@ from owlkit.training.recipe import Recipe, dump_recipe, load_recipe
 from owlkit.training.resume import restore_optimizer, restore_weights, resume_point
 from owlkit.training.setup import (
     autocast_dtype,
-    copy_side_files,
+    copy_processing_files,
     say,
     setup_data,
     setup_model,
@@ -325,7 +325,7 @@ class Trainer:
                     ckpt.replace_folder(adapter_tmp, adapter_dir)
                 else:
                     self._save_weights(final_tmp, full)
-                copy_side_files(self.recipe, final_tmp)
+                copy_processing_files(self.recipe, final_tmp)
                 ckpt.replace_folder(final_tmp, final_dir)
         D.barrier(info)
         return final_dir, adapter_dir

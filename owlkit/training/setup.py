@@ -44,7 +44,7 @@ def say(info: D.DistInfo, text: str) -> None:
             print(text, flush=True)
 
 
-def copy_side_files(recipe: Recipe, out: Path) -> None:
+def copy_processing_files(recipe: Recipe, out: Path) -> None:
     """The tokenizer / preprocessor files of the recipe's processing folder, into ``out``."""
     folder = processing_folder(recipe)
     if folder is not None and folder.is_dir():
@@ -114,7 +114,7 @@ def setup_model(recipe: Recipe, info: D.DistInfo, out: Path) -> ModelParts:
             if info.is_main and not (base_dir / "config.json").exists():
                 with quiet_saving():
                     save_model(model, base_dir)
-                copy_side_files(recipe, base_dir)
+                copy_processing_files(recipe, base_dir)
         model = apply_lora(model, lora, base_dir)
     model.train()
     # Weights are identical on every rank (same seed); from here each rank draws its own stream.
