@@ -61,8 +61,10 @@ def test_fuse_qkv_layout():
 
 def test_wrong_folders(parts, tmp_path):
     root, _, _ = parts
-    with pytest.raises(CheckpointError, match="expected 'llama'"):
+    with pytest.raises(CheckpointError, match="'clip_vision_model' model; owlkit builds on LLaMA-architecture"):
         build_from_components(root / "clip", root / "clip")
+    with pytest.raises(CheckpointError, match="'llama' model; expected CLIP or an owlkit model folder"):
+        build_from_components(root / "llama", root / "llama")
     with pytest.raises(CheckpointError, match="no config.json"):
         build_from_components(root / "llama", tmp_path)
 

@@ -14,7 +14,7 @@ Importing this package makes ``OwlForCausalLM.from_pretrained`` read through
 :func:`load_model` (the model layer knows no file formats; see :mod:`owlkit.models.owl`).
 """
 
-from owlkit.checkpoints.components import build_from_components, fuse_qkv
+from owlkit.checkpoints.components import build_from_components, fuse_qkv, save_built
 from owlkit.checkpoints.loading import detect_format, load_model, read_config
 from owlkit.checkpoints.names import (
     FORMATS,
@@ -34,6 +34,6 @@ OwlForCausalLM.folder_loader = staticmethod(load_model)
 __all__ = [
     "FORMATS", "OFFICIAL_V1", "OFFICIAL_V2", "OWLKIT",
     "build_from_components", "carried_names", "config_from_official", "config_to_official", "convert",
-    "detect_format", "fuse_qkv", "load_model", "official_buffers", "official_names", "quiet_saving",
+    "detect_format", "fuse_qkv", "load_model", "save_built", "official_buffers", "official_names", "quiet_saving",
     "copy_side_files", "read_config", "save_model",
 ]

@@ -1,8 +1,14 @@
-"""Build a fresh mPLUG-Owl model from a HF LLaMA folder and a HF CLIP vision folder.
+"""Build a fresh mPLUG-Owl model from a pre-trained LLM and a vision encoder.
 
 This is how the papers start pre-training: the vision encoder from CLIP ViT-L/14, the
 decoder from LLaMA, a newly initialised abstractor, and (mPLUG-Owl2) the visual branches of
 the modality-adaptive module copied from the text branches.
+
+The LLM is any LLaMA-architecture model, as a HF folder or a GGUF file
+(:mod:`owlkit.checkpoints.llm`): grouped-query attention, its rope settings and tied embeddings
+are kept as they are. The vision encoder is a HF CLIP folder or the encoder of an owlkit model
+folder (e.g. a small encoder pre-trained on the synthetic world). :func:`save_built` writes
+the model with the LLM's own tokenizer and chat template, so the folder loads like any other.
 
 CLIP stores separate q/k/v projections; our vision attention keeps the official fused,
 per-head layout (``[head][q,k,v][head_dim]`` along the output features), so they are fused
@@ -13,14 +19,19 @@ applies to every token (CLIP applies it to the pooled CLS only).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import LlamaConfig
 
+from owlkit.checkpoints.loading import detect_format
+from owlkit.checkpoints.saving import save_model
 from owlkit.config import OwlConfig
 from owlkit.errors import CheckpointError
+from owlkit.checkpoints.llm import LanguageModel, read_language_model
 from owlkit.models.owl import OwlForCausalLM
+from owlkit.processing.templates import CHAT_TEMPLATE
 from owlkit.weight_files import read_state_dict
 
 _CLIP_LAYER = {
@@ -58,9 +69,81 @@ def _take(state: dict, key: str, folder: Path) -> torch.Tensor:
     return state[key]
 
 
+def _vision_source(path: Path, owl_version: int, image_size: int | None) -> tuple[dict, dict[str, torch.Tensor], Path]:
+    """(our vision config, our ``vision.*`` weights, path) from a CLIP folder or an owlkit model folder."""
+    raw = _read_config(path, "CLIP vision or owlkit model")
+    if raw.get("model_type") == "owlkit":
+        if detect_format(path) != "owlkit":
+            raise CheckpointError(f"{path}: expected an owlkit model folder")
+        cfg = OwlConfig(**{k: v for k, v in raw.items() if k != "model_type"}).vision_config.to_dict()
+        if image_size and image_size != cfg["image_size"]:
+            raise CheckpointError(f"{path}'s encoder was trained at {cfg['image_size']} px; it cannot be built at "
+                                  f"{image_size} (leave image_size unset)")
+        state = {k: v for k, v in read_state_dict(path).items() if k.startswith("vision.")}
+        return cfg, state, path
+    clip_cfg = raw["vision_config"] if raw.get("model_type") == "clip" else raw
+    if clip_cfg.get("model_type", "clip_vision_model") != "clip_vision_model":
+        raise CheckpointError(f"{path} holds a {raw.get('model_type')!r} model; expected CLIP or an owlkit model folder")
+    vision = {
+        "hidden_size": clip_cfg["hidden_size"], "intermediate_size": clip_cfg["intermediate_size"],
+        "num_hidden_layers": clip_cfg["num_hidden_layers"], "num_attention_heads": clip_cfg["num_attention_heads"],
+        "image_size": image_size or clip_cfg["image_size"], "patch_size": clip_cfg["patch_size"],
+        "hidden_act": clip_cfg.get("hidden_act", "quick_gelu"), "layer_norm_eps": clip_cfg.get("layer_norm_eps", 1e-5),
+        "fp32_layernorm": owl_version == 1,
+    }
+    return vision, _clip_weights(path, clip_cfg, vision), path
+
+
+def _clip_weights(path: Path, clip_cfg: dict, vision: dict) -> dict[str, torch.Tensor]:
+    """CLIP's vision tower in our names (q/k/v fused per head, positions resized if needed)."""
+    clip = read_state_dict(path)
+    new: dict[str, torch.Tensor] = {}
+    # transformers < 5 saves CLIPVisionModel (and CLIPModel) under "vision_model."; 5.x drops it.
+    p = "vision_model." if any(k.startswith("vision_model.") for k in clip) else ""
+    new["vision.embeddings.cls_token"] = _take(clip, p + "embeddings.class_embedding", path).view(1, 1, -1)
+    new["vision.embeddings.patch_embed.weight"] = _take(clip, p + "embeddings.patch_embedding.weight", path)
+    pos = _take(clip, p + "embeddings.position_embedding.weight", path).unsqueeze(0)
+    clip_grid, grid = clip_cfg["image_size"] // clip_cfg["patch_size"], vision["image_size"] // vision["patch_size"]
+    if clip_grid != grid:
+        # Another resolution than CLIP's: interpolate CLIP's table once, at build time.
+        pos = _resize_positions(pos, clip_grid, grid)
+    new["vision.embeddings.position_embedding"] = pos
+    for s in ("weight", "bias"):
+        new[f"vision.embeddings.pre_layernorm.{s}"] = _take(clip, f"{p}pre_layrnorm.{s}", path)
+        new[f"vision.post_layernorm.{s}"] = _take(clip, f"{p}post_layernorm.{s}", path)
+    heads = vision["num_attention_heads"]
+    for i in range(vision["num_hidden_layers"]):
+        src, dst = f"{p}encoder.layers.{i}.", f"vision.layers.{i}."
+        for theirs, ours in _CLIP_LAYER.items():
+            new[dst + ours] = _take(clip, src + theirs, path)
+        for s in ("weight", "bias"):
+            q, k, v = (_take(clip, f"{src}self_attn.{n}_proj.{s}", path) for n in "qkv")
+            new[f"{dst}self_attn.query_key_value.{s}"] = fuse_qkv(q, k, v, heads)
+    return new
+
+
+def _llm_weights(llm: LanguageModel, layers: int, owl_version: int) -> dict[str, torch.Tensor]:
+    """The LLM in our names; v2 copies the text k/v projections and norms into the MAM's visual branch."""
+    state, path = llm.state, llm.path
+    new = {"language_model.embed_tokens.weight": _take(state, "model.embed_tokens.weight", path),
+           "language_model.norm.weight": _take(state, "model.norm.weight", path)}
+    new["lm_head.weight"] = state.get("lm_head.weight", new["language_model.embed_tokens.weight"])
+    for i in range(layers):
+        for s in _LLAMA_LAYER:
+            w = _take(state, f"model.layers.{i}.{s}", path)
+            module = s.rsplit(".", 1)[0]
+            if owl_version == 2 and module in ("self_attn.k_proj", "self_attn.v_proj", "input_layernorm", "post_attention_layernorm"):
+                # The paper initialises the visual branch of the MAM from the text branch.
+                new[f"language_model.layers.{i}.{module}.text.weight"] = w
+                new[f"language_model.layers.{i}.{module}.visual.weight"] = w.clone()
+            else:
+                new[f"language_model.layers.{i}.{s}"] = w
+    return new
+
+
 def build_from_components(
-    llama_path: str | Path,
-    clip_path: str | Path,
+    llm_path: str | Path | LanguageModel,
+    vision_path: str | Path,
     owl_version: int = 2,
     num_queries: int = 64,
     abstractor_layers: int = 6,
@@ -69,89 +152,68 @@ def build_from_components(
     image_size: int | None = None,
     seed: int = 0,
 ):
-    """A new OwlForCausalLM: LLaMA + CLIP weights, new abstractor (seeded init)."""
-    llama_path, clip_path = Path(llama_path), Path(clip_path)
-    llama_cfg = _read_config(llama_path, "LLaMA")
-    if llama_cfg.get("model_type") != "llama":
-        raise CheckpointError(f"{llama_path} holds a {llama_cfg.get('model_type')!r} model; expected 'llama'")
-    clip_cfg = _read_config(clip_path, "CLIP")
-    if clip_cfg.get("model_type") == "clip":
-        clip_cfg = clip_cfg["vision_config"]
-    elif clip_cfg.get("model_type") != "clip_vision_model":
-        raise CheckpointError(f"{clip_path} holds a {clip_cfg.get('model_type')!r} model; expected CLIP")
+    """A new OwlForCausalLM: the LLM's and the encoder's weights, a new abstractor (seeded init).
 
-    text = LlamaConfig(**{k: v for k, v in llama_cfg.items() if k not in ("model_type", "architectures")})
-    vision = {
-        "hidden_size": clip_cfg["hidden_size"], "intermediate_size": clip_cfg["intermediate_size"],
-        "num_hidden_layers": clip_cfg["num_hidden_layers"], "num_attention_heads": clip_cfg["num_attention_heads"],
-        "image_size": image_size or clip_cfg["image_size"], "patch_size": clip_cfg["patch_size"],
-        "hidden_act": clip_cfg.get("hidden_act", "quick_gelu"), "layer_norm_eps": clip_cfg.get("layer_norm_eps", 1e-5),
-        "fp32_layernorm": owl_version == 1,
-    }
-    grid = vision["image_size"] // vision["patch_size"]
+    ``llm_path``: a HF LLaMA folder, a ``.gguf`` file, or a :class:`~owlkit.checkpoints.llm.LanguageModel`
+    already read. ``vision_path``: a HF CLIP (vision) folder or an owlkit model folder whose
+    encoder is taken.
+    """
+    llm = llm_path if isinstance(llm_path, LanguageModel) else read_language_model(llm_path)
+    vision, vision_state, vision_path = _vision_source(Path(vision_path), owl_version, image_size)
+    text = LlamaConfig(**{k: v for k, v in llm.config.items() if k not in ("model_type", "architectures", "chat_template")})
     width = vision["hidden_size"]
     abstractor = {
         "hidden_size": width, "encoder_hidden_size": width, "num_hidden_layers": abstractor_layers,
         "num_attention_heads": abstractor_heads or vision["num_attention_heads"],
         "intermediate_size": abstractor_intermediate_size or int(2 * 4 * width / 3 + 255) // 256 * 256,
-        "num_queries": num_queries, "pos_embed": "sincos" if owl_version == 2 else "none", "grid_size": grid,
+        "num_queries": num_queries, "pos_embed": "sincos" if owl_version == 2 else "none",
+        "grid_size": vision["image_size"] // vision["patch_size"],
     }
     config = OwlConfig(
         vision_config=vision, abstractor_config=abstractor, text_config=text.to_dict(),
         owl_version=owl_version, modality_adaptive=owl_version == 2,
         image_aspect_ratio="resize" if owl_version == 2 else "stretch",
+        tie_word_embeddings=bool(text.tie_word_embeddings),
     )
     torch.manual_seed(seed)
     model = OwlForCausalLM(config)
     state = model.state_dict()
-    new: dict[str, torch.Tensor] = {}
-
-    clip = read_state_dict(clip_path)
-    # transformers < 5 saves CLIPVisionModel (and CLIPModel) under "vision_model."; 5.x drops it.
-    p = "vision_model." if any(k.startswith("vision_model.") for k in clip) else ""
-    new["vision.embeddings.cls_token"] = _take(clip, p + "embeddings.class_embedding", clip_path).view(1, 1, -1)
-    new["vision.embeddings.patch_embed.weight"] = _take(clip, p + "embeddings.patch_embedding.weight", clip_path)
-    pos = _take(clip, p + "embeddings.position_embedding.weight", clip_path).unsqueeze(0)
-    if pos.shape != state["vision.embeddings.position_embedding"].shape:
-        # Another resolution than CLIP's: interpolate CLIP's table once, at build time.
-        clip_grid = clip_cfg["image_size"] // clip_cfg["patch_size"]
-        pos = _resize_positions(pos, clip_grid, grid)
-    new["vision.embeddings.position_embedding"] = pos
-    for s in ("weight", "bias"):
-        new[f"vision.embeddings.pre_layernorm.{s}"] = _take(clip, f"{p}pre_layrnorm.{s}", clip_path)
-        new[f"vision.post_layernorm.{s}"] = _take(clip, f"{p}post_layernorm.{s}", clip_path)
-    heads = vision["num_attention_heads"]
-    for i in range(vision["num_hidden_layers"]):
-        src, dst = f"{p}encoder.layers.{i}.", f"vision.layers.{i}."
-        for theirs, ours in _CLIP_LAYER.items():
-            new[dst + ours] = _take(clip, src + theirs, clip_path)
-        for s in ("weight", "bias"):
-            q, k, v = (_take(clip, f"{src}self_attn.{n}_proj.{s}", clip_path) for n in "qkv")
-            new[f"{dst}self_attn.query_key_value.{s}"] = fuse_qkv(q, k, v, heads)
-
-    llama = read_state_dict(llama_path)
-    new["language_model.embed_tokens.weight"] = _take(llama, "model.embed_tokens.weight", llama_path)
-    new["language_model.norm.weight"] = _take(llama, "model.norm.weight", llama_path)
-    new["lm_head.weight"] = llama.get("lm_head.weight", new["language_model.embed_tokens.weight"])
-    for i in range(text.num_hidden_layers):
-        for s in _LLAMA_LAYER:
-            w = _take(llama, f"model.layers.{i}.{s}", llama_path)
-            module = s.rsplit(".", 1)[0]
-            if owl_version == 2 and module in ("self_attn.k_proj", "self_attn.v_proj", "input_layernorm", "post_attention_layernorm"):
-                # The paper initialises the visual branch of the MAM from the text branch.
-                new[f"language_model.layers.{i}.{module}.text.weight"] = w
-                new[f"language_model.layers.{i}.{module}.visual.weight"] = w.clone()
-            else:
-                new[f"language_model.layers.{i}.{s}"] = w
-
+    new = {**vision_state, **_llm_weights(llm, text.num_hidden_layers, owl_version)}
     for key, value in new.items():
+        if key not in state:
+            raise CheckpointError(f"{key}: no such weight in the model being built")
         if state[key].shape != value.shape:
             raise CheckpointError(f"{key}: component tensor of shape {list(value.shape)}, model expects {list(state[key].shape)}")
-    missing = model.load_state_dict(new, strict=False).missing_keys
+    missing = model.load_state_dict({k: v.to(state[k].dtype) for k, v in new.items()}, strict=False).missing_keys
     fresh = [k for k in missing if not k.startswith("abstractor.")]
     if fresh:
         raise CheckpointError(f"no component weights for {', '.join(fresh[:5])}")
     return model.eval()
+
+
+def save_built(model, llm: LanguageModel | str | Path, vision_path: str | Path, folder: str | Path, *,
+               template: str | None = None) -> Path:
+    """Write a built model as a loadable owlkit folder, with the LLM's tokenizer and chat template.
+
+    ``template`` names the conversation template the folder's processor uses; by default the
+    LLM's own chat template when its tokenizer has one, else the generation's official one.
+    The image preprocessing comes from the vision source's ``preprocessor_config.json``.
+    """
+    llm = llm if isinstance(llm, LanguageModel) else read_language_model(llm)
+    if template is None and llm.chat_template:
+        template = CHAT_TEMPLATE
+    model.config.conversation_template = template
+    text = model.config.text_config
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, key, getattr(text, key, None))
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = text.eos_token_id
+    folder = save_model(model, folder)
+    llm.save_tokenizer(folder)
+    pre = Path(vision_path) / "preprocessor_config.json"
+    if pre.is_file():
+        shutil.copyfile(pre, folder / "preprocessor_config.json")
+    return folder
 
 
 def _resize_positions(pos: torch.Tensor, src_grid: int, dst_grid: int) -> torch.Tensor:

@@ -169,6 +169,9 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         Q.replace_linears(model, stored_q["bits"], stored_q["group_size"], set(stored_q.get("kept", [])))
         bits = None  # nothing to quantize while loading: the file holds the quantized tensors
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = bool(config.tie_word_embeddings)
+    if tied:  # the file holds the embeddings once (an LLM with tied embeddings, e.g. SmolLM2)
+        expected.pop("lm_head.weight", None)
     plan = _plan(index, config, kind, expected, folder)
     kept: list[str] = []
     if bits is not None:
@@ -221,6 +224,12 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
             # buffers may sit at any address, which PyTorch's int8 kernel does not survive.
             moved = moved.clone()
         _assign(model, ours, moved)
+    if tied:
+        embeddings = model.language_model.embed_tokens.weight
+        if isinstance(model.lm_head, Q.QuantizedLinear):
+            model.lm_head.set_weight(embeddings.detach(), place("lm_head.weight"), prepare=not keep_portable)
+        else:
+            model.lm_head.weight = embeddings
     # Non-persistent buffers were created on the meta device: rebuild them for real.
     model.language_model.rotary_emb = LlamaRotaryEmbedding(config.text_config).to(place("language_model.rotary_emb"))
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]

@@ -100,6 +100,9 @@ class OwlConfig(PreTrainedConfig):
     image_token_id: int | None = None
     #: Aspect-ratio handling of the image processor ("resize", "pad", "crop", "stretch").
     image_aspect_ratio: str | None = None
+    #: The conversation template the folder's processor uses: "mplug_owl", "mplug_owl2",
+    #: "vicuna_v1", or "chat_template" (the tokenizer's own); None: the generation's official one.
+    conversation_template: str | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):

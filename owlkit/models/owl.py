@@ -100,6 +100,9 @@ class OwlPreTrainedModel(PreTrainedModel):
 
 
 class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
+    # Tied only when config.tie_word_embeddings (an LLM such as SmolLM2); the releases untie them.
+    _tied_weights_keys = {"lm_head.weight": "language_model.embed_tokens.weight"}
+
     def __init__(self, config: OwlConfig):
         super().__init__(config)
         self.vision = VisionEncoder(config.vision_config)

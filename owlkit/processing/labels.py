@@ -19,6 +19,12 @@ mPLUG-Owl (``xgpt3_dataset.py::_extract_text_token_from_conversation``, template
 right after ``"AI: "`` is a reply: its tokens plus EOS are supervised (EOS after every reply,
 also mid-conversation); images are placeholders (``-100``).
 
+An LLM's own chat template (template style ``jinja``, e.g. ChatML): every assistant reply is
+found as the text the template adds between the conversation rendered up to the reply's
+generation prompt and the conversation rendered with the reply (so whatever the template
+writes after a reply, e.g. ``<|im_end|>\n``, is supervised with it); the pieces are tokenized
+in order, the first with the tokenizer's BOS, images as placeholders.
+
 Departures: one placeholder id per image (the official v1 data has 65 ids ``-1``); defaults
 render with the inference template (``mplug_owl2``, images directly followed by the text) so
 that training and prompting agree — the official v2 fine-tuning scripts use ``vicuna_v1``
@@ -46,6 +52,7 @@ from owlkit.processing.templates import (
     get_template,
     parse_messages,
     render,
+    render_jinja,
 )
 from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt
 
@@ -85,11 +92,13 @@ def build_training_example(
     tpl = get_template(template or default_template(gen))
     if tpl.generation != gen:
         raise InputError(f"template {tpl.name!r} belongs to mPLUG-Owl{'' if tpl.generation == 1 else '2'}, not generation {gen}")
-    _system, turns = parse_messages(messages)
+    system, turns = parse_messages(messages)
     if turns[-1].role != "assistant" or turns[-1].pending:
         raise InputError("the conversation must end with the assistant's reply to be used for training")
     rendered = render(messages, tpl, add_generation_prompt=False, image_separator=image_separator)
-    if gen == 2:
+    if tpl.style == "jinja":
+        input_ids, labels = _labels_jinja(rendered.prompt, tpl, system, turns, tokenizer, image_token_id, image_separator)
+    elif gen == 2:
         input_ids, labels = _labels_v2(rendered.prompt, tpl, tokenizer, image_token_id)
     else:
         input_ids, labels = _labels_v1(rendered.prompt, tokenizer, image_token_id)
@@ -127,6 +136,32 @@ def _labels_v2(prompt: str, tpl: Template, tokenizer: OwlTokenizer, image_token_
         )
         labels = [IGNORE_INDEX] * len(input_ids)
     labels = [IGNORE_INDEX if t == image_token_id else x for t, x in zip(input_ids, labels)]
+    return input_ids, labels
+
+
+def _labels_jinja(prompt: str, tpl: Template, system: str | None, turns: list, tokenizer: OwlTokenizer,
+                  image_token_id: int, image_separator: str) -> tuple[list[int], list[int]]:
+    pieces: list[tuple[str, bool]] = []  # (text, supervised), in order; their concatenation is the prompt
+    done = 0
+    for i, turn in enumerate(turns):
+        if turn.role != "assistant":
+            continue
+        before = render_jinja(tpl, system, turns[:i], add_generation_prompt=True, image_separator=image_separator)
+        after = render_jinja(tpl, system, turns[: i + 1], add_generation_prompt=False, image_separator=image_separator)
+        if not (prompt.startswith(after) and after.startswith(before) and len(before) >= done):
+            raise InputError("the model's chat template does not render a conversation as the concatenation of its "
+                             "turns, so the replies cannot be told apart for training")
+        pieces += [(prompt[done:len(before)], False), (prompt[len(before):len(after)], True)]
+        done = len(after)
+    pieces.append((prompt[done:], False))
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for k, (text, supervised) in enumerate(pieces):
+        ids = encode_prompt(text, 2, tokenizer, image_token_id)
+        if k and tokenizer.add_bos_token and ids[:1] == [tokenizer.bos_token_id]:
+            ids = ids[1:]  # BOS once, at the very start
+        input_ids += ids
+        labels += [t if supervised and t != image_token_id else IGNORE_INDEX for t in ids]
     return input_ids, labels
 
 

@@ -18,7 +18,7 @@ from owlkit.config import IGNORE_INDEX
 from owlkit.errors import InputError
 from owlkit.processing.images import OwlImageProcessor, load_image
 from owlkit.processing.labels import build_training_example
-from owlkit.processing.templates import default_template, render
+from owlkit.processing.templates import CHAT_TEMPLATE, Template, chat_template, default_template, get_template, render
 from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt, placeholder_id
 
 #: Text that ends an assistant turn, besides EOS, per template.
@@ -60,6 +60,7 @@ class OwlProcessor:
             else:
                 config = config_from_official(raw)
         tokenizer = OwlTokenizer.from_pretrained(folder)
+        template = folder_template(folder, template or getattr(config, "conversation_template", None), tokenizer)
         images = OwlImageProcessor.from_pretrained(
             folder, generation=config.owl_version, image_size=config.vision_config.image_size,
             mode=config.image_aspect_ratio,
@@ -69,7 +70,10 @@ class OwlProcessor:
 
     @property
     def stop_strings(self) -> list[str]:
-        return list(STOP_STRINGS.get(self.template, []))
+        name = self.template.name if isinstance(self.template, Template) else self.template
+        if name == CHAT_TEMPLATE:  # the LLM's end-of-turn token is its EOS
+            return [self.tokenizer.eos_token] if self.tokenizer.eos_token else []
+        return list(STOP_STRINGS.get(name, []))
 
     # -- one conversation --------------------------------------------------------------------
     def positions(self, ids: Sequence[int]) -> int:
@@ -169,6 +173,27 @@ class OwlProcessor:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def folder_template(folder: str | Path, name: str | Template | None, tokenizer: OwlTokenizer) -> str | Template | None:
+    """The conversation template a model folder names: an official one by name, or the tokenizer's own.
+
+    ``chat_template`` reads the LLM's Jinja template from ``chat_template.jinja`` or
+    ``tokenizer_config.json`` of the folder; any other name must be an official template.
+    """
+    if name is None or isinstance(name, Template):
+        return name
+    if name != CHAT_TEMPLATE:
+        return get_template(name).name
+    folder = Path(folder)
+    jinja = (folder / "chat_template.jinja").read_text() if (folder / "chat_template.jinja").is_file() else None
+    if jinja is None and (folder / "tokenizer_config.json").is_file():
+        jinja = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+    if not isinstance(jinja, str) or not jinja:
+        raise InputError(f"{folder} names the tokenizer's chat template but its tokenizer has none "
+                         "(no chat_template.jinja, no chat_template in tokenizer_config.json)")
+    specials = {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token") if getattr(tokenizer, k, None)}
+    return chat_template(jinja, specials)
 
 
 def _drop_oldest_turn(messages: list) -> list | None:

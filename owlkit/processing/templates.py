@@ -25,6 +25,15 @@ Three templates are defined (names as in the official code):
 ``vicuna_v1`` (mPLUG-Owl2 ``v1``, used by the official fine-tuning scripts, style ``TWO``): the
   same with ``system + " "`` in front.
 
+``chat_template`` (a model built on another LLM, e.g. ChatML): the LLM's own Jinja chat
+  template, read from its tokenizer files (:func:`chat_template`). Each user message's images
+  go to its front as ``<|image|>`` placeholders, then the template renders the messages as
+  the LLM was trained to see them (rendered with transformers' chat-template renderer).
+
+A model folder names its template (``conversation_template`` in its config, see
+:func:`folder_template`); the processor, training labels, ``owl chat``, the server and
+``owl eval`` all use that one.
+
 :func:`render` takes OpenAI-style messages and returns the prompt (placeholder ``<image>`` for
 v1, ``<|image|>`` for v2) plus the images in order of appearance.
 
@@ -91,6 +100,8 @@ class Template:
     emit_system: bool
     sep: str
     sep2: str
+    jinja: str = ""  # style "jinja": the LLM's chat template
+    variables: tuple[tuple[str, str], ...] = ()  # style "jinja": bos_token, eos_token... for the template
 
     @property
     def generation_prompt(self) -> str:
@@ -135,6 +146,20 @@ TEMPLATES: dict[str, Template] = {
 }
 _ALIASES = {"owl1": "mplug_owl", "mplug-owl": "mplug_owl", "owl2": "mplug_owl2", "mplug-owl2": "mplug_owl2",
             "vicuna": "vicuna_v1"}
+
+
+#: The name a model folder gives to use its tokenizer's own chat template.
+CHAT_TEMPLATE = "chat_template"
+
+
+def chat_template(jinja: str, variables: dict[str, str] | None = None) -> Template:
+    """A :class:`Template` that renders with an LLM's own Jinja chat template (v2 placeholders)."""
+    if not jinja:
+        raise InputError("the tokenizer has no chat template; name one of the official templates "
+                         f"({', '.join(sorted(TEMPLATES))}) instead")
+    return Template(name=CHAT_TEMPLATE, generation=2, style="jinja", image_placeholder=V2_IMAGE_PLACEHOLDER,
+                    roles=("user", "assistant"), system="", emit_system=False, sep="", sep2="", jinja=jinja,
+                    variables=tuple(sorted((variables or {}).items())))
 
 
 def get_template(template: str | Template) -> Template:
@@ -296,6 +321,8 @@ def render(
         images.extend(turn.images)
     if tpl.style == "human_ai":
         prompt = _render_human_ai(tpl, system, turns, add_generation_prompt)
+    elif tpl.style == "jinja":
+        prompt = render_jinja(tpl, system, turns, add_generation_prompt, image_separator)
     else:
         prompt = _render_two(tpl, system, turns, add_generation_prompt, image_separator)
     return RenderedPrompt(prompt, images)
@@ -347,3 +374,26 @@ def _render_two(
         else:
             prompt += f"{role}:"
     return prompt
+
+
+def render_jinja(tpl: Template, system: str | None, turns: Sequence[Turn], add_generation_prompt: bool,
+                 image_separator: str = "") -> str:
+    """Turns rendered by an LLM's own chat template (images as placeholders at each message's front)."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    messages = [{"role": "system", "content": system}] if system is not None else []
+    for turn in turns:
+        if turn.role == "user":
+            head = tpl.image_placeholder * len(turn.images)
+            messages.append({"role": "user", "content": head + (image_separator if head and turn.text else "") + turn.text})
+        elif not turn.pending:
+            messages.append({"role": "assistant", "content": turn.text})
+    pending = bool(turns) and turns[-1].pending
+    generate = pending or (add_generation_prompt and bool(turns) and turns[-1].role == "user")
+    try:
+        rendered, _ = render_jinja_template([messages], chat_template=tpl.jinja, add_generation_prompt=generate,
+                                            **dict(tpl.variables))
+    except Exception as e:  # jinja2 errors, or the template's own raise_exception
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise InputError(f"the model's chat template cannot render this conversation: {first}") from None
+    return rendered[0]

@@ -58,6 +58,19 @@ def _token_content(value: Any) -> str | None:
     return str(value)
 
 
+def _post_processor_adds_bos(path: Path) -> bool | None:
+    """Whether a ``tokenizer.json``'s template puts a special token first (None: it has no template).
+
+    Folders of non-LLaMA tokenizers (e.g. GPT-2-style BPE with a ChatML template) often omit
+    ``add_bos_token``; their ``tokenizer.json`` post-processor says what fast tokenizers do.
+    """
+    processor = _read_json(path).get("post_processor") or {}
+    if processor.get("type") != "TemplateProcessing":
+        return None
+    single = processor.get("single") or []
+    return bool(single) and "SpecialToken" in single[0]
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -200,6 +213,10 @@ class OwlTokenizer:
         for key in ("add_bos_token", "add_eos_token"):
             if config.get(key) is not None:
                 settings[key] = bool(config[key])
+        if "add_bos_token" not in settings and not (folder / "tokenizer.model").is_file():
+            bos = _post_processor_adds_bos(folder / "tokenizer.json")
+            if bos is not None:
+                settings["add_bos_token"] = bos
         added: dict[str, int] = {}
         for i, entry in (config.get("added_tokens_decoder") or {}).items():
             content = _token_content(entry)
