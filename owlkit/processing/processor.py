@@ -17,12 +17,8 @@ from typing import Any, Sequence
 from owlkit.errors import InputError
 from owlkit.processing.images import OwlImageProcessor, load_image
 from owlkit.processing.labels import IGNORE_INDEX, build_training_example
-from owlkit.processing.templates import default_template, render
+from owlkit.processing.templates import default_template, get_template, render
 from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt, placeholder_id
-
-#: Text that ends an assistant turn, besides EOS, per template.
-STOP_STRINGS = {"mplug_owl": ["\nHuman:"], "mplug_owl2": ["</s>", "USER:"], "vicuna_v1": ["</s>", "USER:"]}
-
 
 class OwlProcessor:
     def __init__(
@@ -68,7 +64,8 @@ class OwlProcessor:
 
     @property
     def stop_strings(self) -> list[str]:
-        return list(STOP_STRINGS.get(self.template, []))
+        """Text that ends an assistant turn of this processor's template, besides EOS."""
+        return list(get_template(self.template).stops)
 
     # -- one conversation --------------------------------------------------------------------
     def positions(self, ids: Sequence[int]) -> int:

@@ -93,6 +93,7 @@ class Template:
     emit_system: bool
     sep: str
     sep2: str
+    stops: tuple[str, ...]  # text that ends an assistant turn, besides EOS (owlkit/generation/stops.py)
 
     @property
     def generation_prompt(self) -> str:
@@ -111,6 +112,7 @@ TEMPLATES: dict[str, Template] = {
         emit_system=True,
         sep="\n",
         sep2="\n",
+        stops=("\nHuman:",),
     ),
     "mplug_owl2": Template(
         name="mplug_owl2",
@@ -122,6 +124,7 @@ TEMPLATES: dict[str, Template] = {
         emit_system=False,
         sep=" ",
         sep2="</s>",
+        stops=("</s>", "USER:"),
     ),
     "vicuna_v1": Template(
         name="vicuna_v1",
@@ -133,6 +136,7 @@ TEMPLATES: dict[str, Template] = {
         emit_system=True,
         sep=" ",
         sep2="</s>",
+        stops=("</s>", "USER:"),
     ),
 }
 _ALIASES = {"owl1": "mplug_owl", "mplug-owl": "mplug_owl", "owl2": "mplug_owl2", "mplug-owl2": "mplug_owl2",
