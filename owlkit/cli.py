@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("owlkit.commands.plot", "PNG curves of a training run (loss, learning rate)"),
     "quantize": ("owlkit.commands.quantize", "write an int8 / int4 weight-only quantized copy of a model folder"),
     "serve": ("owlkit.commands.serve", "OpenAI-compatible server with dynamic batching, and the web demo at /"),
+    "small": ("owlkit.commands.small", "train the bundled owl-small model on SmolLM2-135M-Instruct (make small)"),
     "synth": ("owlkit.commands.synth", "write a procedural visual world (images + caption/instruction data)"),
     "tiny": ("owlkit.commands.tiny", "train the bundled owl-tiny model from scratch (make tiny)"),
     "train": ("owlkit.commands.train", "train with a YAML recipe (stages of both papers; DDP / FSDP2)"),

@@ -17,6 +17,7 @@ from owlkit.evaluation.benchmarks.owleval import dialogue_prompt, read_owleval
 from owlkit.evaluation.benchmarks.vqav2 import read_vqa
 from owlkit.evaluation.runner import (_encode, evaluate, exact_prompt_ids, generate_exact, option_logprobs,
                                       v1_prompt)
+from owlkit.generation import Engine
 from owlkit.inference import Owl
 from owlkit.processing.templates import V1_SYSTEM
 from owlkit.processing.tokenizer import encode_prompt
@@ -68,20 +69,25 @@ def test_exact_prompt_ids_are_the_official_string(owl_api, tmp_path, monkeypatch
     assert chat_ids == ids[:-1]                                 # the template has no trailing space
 
     seen = {}
-    real = owl_api.model.generate
+    real_embed, real_run = owl_api.model.embed_multimodal, Engine.run
 
-    def spy(input_ids, pixel_values, attention_mask, **kw):
-        seen.update(ids=input_ids.clone(), mask=attention_mask.clone(), pixels=pixel_values, kw=kw)
-        return real(input_ids, pixel_values, attention_mask, **kw)
+    def spy_embed(input_ids, pixel_values, attention_mask, **kw):  # the engine's prefill
+        seen.update(ids=input_ids.clone(), mask=attention_mask.clone(), pixels=pixel_values)
+        return real_embed(input_ids, pixel_values, attention_mask, **kw)
 
-    monkeypatch.setattr(owl_api.model, "generate", spy)
+    def spy_run(engine, jobs):
+        seen.update(jobs=list(jobs), lockstep=engine.lockstep)
+        return real_run(engine, seen["jobs"])
+
+    monkeypatch.setattr(owl_api.model, "embed_multimodal", spy_embed)
+    monkeypatch.setattr(Engine, "run", spy_run)
     prompts = [prompt, build_prompt("vqav2", samples[1])]
     batch = generate_exact(owl_api, prompts, [s.images for s in samples], max_new_tokens=4)
     for row, mask, p in zip(seen["ids"], seen["mask"], prompts):
         assert row[mask.bool()].tolist() == encode_prompt(p, 2, proc.tokenizer, proc.image_token_id)
         assert mask[-1] == 1                                    # left padding
-    assert seen["pixels"].shape[0] == 2 and seen["kw"]["do_sample"] is False
-    assert seen["kw"]["min_new_tokens"] == 1 and seen["kw"]["max_new_tokens"] == 4
+    assert seen["pixels"].shape[0] == 2 and seen["lockstep"] and not any(j.sampling for j in seen["jobs"])
+    assert all(j.min_new_tokens == 1 and j.max_new_tokens == 4 for j in seen["jobs"])
     monkeypatch.undo()
     singles = [generate_exact(owl_api, [p], [s.images], max_new_tokens=4)[0] for p, s in zip(prompts, samples)]
     assert batch == singles

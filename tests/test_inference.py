@@ -72,8 +72,8 @@ def test_batched_answers_equal_one_by_one(owl_api, images):
 
 def test_generate_batch_refills_rows_and_keeps_options(owl_api, images):
     """Rows end at different steps (refilled at once); sampling with a seed does not depend on
-    the neighbours; repetition_penalty takes the transformers path and still equals chat."""
-    from owlkit.serving.scheduler import Scheduler
+    the neighbours; repetition_penalty still equals chat."""
+    from owlkit.generation import Engine as Scheduler
 
     convs = [_conv(f"question {k}", images[k % 3:k % 3 + 1]) for k in range(5)] + [_conv("hello")]
     steps = []
@@ -83,10 +83,10 @@ def test_generate_batch_refills_rows_and_keeps_options(owl_api, images):
         steps.append(len(rows))
         return original(self, rows)
 
-    Scheduler._decode = counting
+    stop = owl_api.chat(convs[0], max_new_tokens=4)[:2]  # cuts some answers early
+    singles = [owl_api.chat(c, max_new_tokens=7, stop=[stop]) for c in convs]
+    Scheduler._decode = counting  # chat runs on the engine too: count the batch's steps only
     try:
-        stop = owl_api.chat(convs[0], max_new_tokens=4)[:2]  # cuts some answers early
-        singles = [owl_api.chat(c, max_new_tokens=7, stop=[stop]) for c in convs]
         assert owl_api.generate_batch(convs, batch_size=2, max_new_tokens=7, stop=[stop]) == singles
     finally:
         Scheduler._decode = original
@@ -197,19 +197,20 @@ def test_cli_generate_batched_resumable_and_bad_rows(folder, images, tmp_path, c
 
 def test_repetition_penalty_counts_the_prompt(owl_api, images):
     """generate starts from the spliced embeddings, so transformers' own repetition penalty would
-    see only the new ids; owlkit's puts the prompt's text ids in front, as for a text-only LLaMA.
-    With a huge penalty no new token may repeat a prompt text token or an earlier new token."""
+    see only the new ids; owlkit's engine penalises the prompt's text ids too, as for a text-only
+    LLaMA. With a huge penalty no new token may repeat a prompt text token or an earlier new token."""
+    from owlkit.generation import Engine, Job
+
     conv = _conv("describe the colours and the shapes in this picture", images[:1])
-    batch = owl_api._inputs(conv)
+    ids, objects = owl_api.processor.encode(conv, reserve=1)
     vocab = owl_api.model.config.text_config.vocab_size
-    ids, mask = batch["input_ids"][0].tolist(), batch["attention_mask"][0].tolist()
-    prompt = {i for i, m in zip(ids, mask) if m and 0 <= i < vocab}
-    kw = owl_api._for_batch(batch, owl_api._generate_kwargs({"max_new_tokens": 12, "repetition_penalty": 1e9}))
-    assert "repetition_penalty" not in kw  # transformers' processor would ignore the prompt
-    with torch.inference_mode():
-        new = owl_api.model.generate(**batch, **kw)[0, len(ids):].tolist()
+    prompt = {i for i in ids if 0 <= i < vocab}
+    job = Job.from_encoded(owl_api.processor, ids, objects, max_new_tokens=12, repetition_penalty=1e9)
+    Engine(owl_api.model, owl_api.processor).run([job])
+    new = job.token_ids
     assert len(new) >= 2 and not set(new) & prompt and len(set(new)) == len(new)
     # the default (no penalty) does repeat here, so the assertion above is not vacuous
+    batch = owl_api.processor(conv)
     with torch.inference_mode():
         plain = owl_api.model.generate(**batch, max_new_tokens=12, do_sample=False)[0, len(ids):].tolist()
     assert set(plain) & prompt or len(set(plain)) < len(plain)

@@ -122,7 +122,7 @@ def test_trained_weights_keep_their_logits():
     conv = [{"role": "user", "content": [{"type": "image", "image": str(src.parent / "examples" / "colour.png")},
                                          {"type": "text", "text": "What colour is the big star?"}]}]
     base = Owl.load(src)
-    batch = base._inputs(conv)
+    batch = base.processor(conv)
     with torch.no_grad():
         reference = base.model(**batch).logits.flatten()
         for quantize, floor in (("int8", 0.999), ("int4", 0.99)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def add_model_argument(parser) -> None:
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
+    parser.add_argument("--model", default=None, help="model folder, or a bundled model: owl-small, owl-tiny (default: owl-small when installed, else owl-tiny)")
     add_load_arguments(parser)
 
 

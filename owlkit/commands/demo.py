@@ -19,7 +19,7 @@ from owlkit.errors import OwlError
 
 def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", help="extra images to ask about")
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
+    parser.add_argument("--model", default=None, help="model folder, or a bundled model: owl-small, owl-tiny (default: owl-small when installed, else owl-tiny)")
     add_load_arguments(parser)
     parser.add_argument("--question", default="Describe the image.", help="question for the extra images")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -54,6 +54,7 @@ def _random_model_folder(folder: Path) -> None:
 
 def run(args) -> int:
     from owlkit.inference import Owl, bundled_model_path
+    from owlkit.zoo.bundled import default_name
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
@@ -66,7 +67,7 @@ def run(args) -> int:
         start = time.perf_counter()
         owl = Owl.load(path, **load_options(args))
         cfg = owl.model.config
-        print(f"model: {path or bundled_model_path()} (mPLUG-Owl{'2' if cfg.owl_version == 2 else ''}, "
+        print(f"model: {path or default_name()} (mPLUG-Owl{'2' if cfg.owl_version == 2 else ''}, "
               f"{owl.num_parameters / 1e6:.1f}M parameters, "
               f"{cfg.vision_config.image_size}px images), loaded in {time.perf_counter() - start:.1f}s")
         jobs = []

@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("task", help=f"one of {', '.join(BENCHMARKS)}; or 'compare' followed by run folders")
     parser.add_argument("runs", nargs="*", help="(compare) run folders written by owl eval")
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled owl-tiny)")
+    parser.add_argument("--model", default=None, help="model folder, or a bundled model: owl-small, owl-tiny (default: owl-small when installed, else owl-tiny)")
     add_load_arguments(parser)
     parser.add_argument("--data", help="the benchmark's data folder or file, in its official layout")
     parser.add_argument("--output", help="run folder (results.json, predictions, submission files)")
@@ -75,6 +75,7 @@ def _synth(args) -> int:
     import json
 
     from owlkit.commands._generation import load_owl
+    from owlkit.zoo.bundled import model_name
     from owlkit.zoo.synth_eval import evaluate_synth, markdown
 
     if args.n_per_task <= 0:
@@ -127,9 +128,10 @@ def run(args) -> int:
                            annotations=args.annotations)
 
     from owlkit.commands._generation import load_owl
+    from owlkit.zoo.bundled import model_name
 
     owl = load_owl(args)
-    model_id = args.model_id or (Path(args.model).resolve().name if args.model else "owl-tiny")
+    model_id = args.model_id or model_name(args.model)
     result = evaluate(spec, owl, args.data, args.output, samples=samples, limit=args.limit,
                       batch_size=args.batch_size, image_mode=args.image_mode, max_new_tokens=args.max_new_tokens,
                       model_id=model_id, html_embed=args.html_images, progress=not args.quiet,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("model", help="model folder")
+    parser.add_argument("model", help="model folder, or a bundled model: owl-small, owl-tiny")
 
 
 def run(args) -> int:
@@ -20,8 +20,9 @@ def run(args) -> int:
     from owlkit.memory import COMFORTABLE, available_bytes, gb, needed_bytes
     from owlkit.models.owl import OwlForCausalLM
     from owlkit.weight_files import weight_index
+    from owlkit.zoo.bundled import resolve_model
 
-    folder = Path(args.model)
+    folder = resolve_model(args.model)
     kind = detect_format(folder)
     cfg = read_config(folder, kind)
     index = weight_index(folder)

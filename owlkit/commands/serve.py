@@ -52,6 +52,7 @@ def add_arguments(parser) -> None:
 
 def settings_from_args(args, api: bool = True, web: bool = True):
     from owlkit.serving.settings import Limits, ServerSettings
+    from owlkit.zoo.bundled import model_name
 
     for name in ("max_batch", "max_tokens", "max_images", "max_pixels", "max_prompt_tokens", "max_queue"):
         if getattr(args, name) < 1:
@@ -70,7 +71,7 @@ def settings_from_args(args, api: bool = True, web: bool = True):
         max_tokens=args.max_tokens, default_max_tokens=min(256, args.max_tokens),
         max_prompt_tokens=args.max_prompt_tokens, max_queue=args.max_queue,
     )
-    name = args.model_name or (Path(args.model).resolve().name if args.model else "owl-tiny")
+    name = args.model_name or model_name(args.model)
     return ServerSettings(
         host=args.host, port=args.port, api_key=args.api_key or None, model_name=name, image_dir=image_dir,
         allow_remote_images=args.allow_remote_images, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

@@ -20,11 +20,12 @@ How the model answers (``Benchmark.kind``):
 
 * ``generate`` (:func:`generate_exact`): the official prompt string is tokenized as it is
   (:func:`exact_prompt_ids`, ``encode_prompt``), trailing space after ``ASSISTANT:``
-  included, which the chat template would not produce; left-padded batches go straight to
-  ``owl.model.generate`` with greedy decoding and the task's ``min_new_tokens`` /
-  ``max_new_tokens``; the answer is the new tokens up to EOS, decoded without special
-  tokens and stripped. For an mPLUG-Owl (v1) model the prompt is first rewritten into the v1
-  template (:func:`v1_prompt`) and the answer is also cut at ``"\\nHuman:"``.
+  included, which the chat template would not produce; left-padded batches go through the
+  decoding engine in lockstep (as ``generate`` runs them) with greedy decoding and the task's
+  ``min_new_tokens`` / ``max_new_tokens``; the answer is the new tokens up to EOS, decoded
+  without special tokens and stripped. For an mPLUG-Owl (v1) model the prompt is first
+  rewritten into the v1 template (:func:`v1_prompt`) and the answer is also cut at
+  ``"\\nHuman:"``.
 * ``loglik`` (:func:`option_logprobs`, MMLU): no generation; each option letter is scored by
   the summed log-probability of its tokens ``" A"``, ``" B"``... after the prompt without its
   trailing space (the usual log-likelihood multiple-choice protocol), and the best letter is
@@ -54,6 +55,8 @@ from owlkit.errors import InputError
 from owlkit.evaluation import report
 from owlkit.evaluation.benchmarks import Benchmark, RunFolder, get_benchmark
 from owlkit.evaluation.samples import LETTERS, EvalSample, group_dialogues
+from owlkit.generation import Engine, Job
+from owlkit.generation.stops import cut_at_stop, official_stops
 
 __all__ = [
     "v1_prompt",
@@ -67,7 +70,6 @@ __all__ = [
 ]
 
 _V2_TURN = re.compile(r"USER: (?P<user>.*?) ASSISTANT:(?: (?P<answer>.*))?", re.S)
-_V1_STOP = "\nHuman:"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,41 +146,21 @@ def generate_exact(owl, prompts: Sequence[str], images: Sequence[Sequence[Any]],
 
     ``images[i]`` holds the images (paths or objects) of ``prompts[i]`` in placeholder order;
     ``image_mode`` overrides the processor's aspect-ratio mode. The ids are
-    :func:`exact_prompt_ids`; generation goes straight to ``owl.model.generate``.
+    :func:`exact_prompt_ids`; the engine runs them as one lockstep batch (the rows stay
+    together until the last one ends, as in ``generate``), each answer being its new ids up to
+    EOS, decoded without special tokens, cut where the official protocol cuts
+    (:func:`~owlkit.generation.stops.official_stops`) and stripped.
     """
-    import torch
-
-    proc, model = owl.processor, owl.model
+    proc = owl.processor
     rows = [exact_prompt_ids(owl, p) for p in prompts]
     max_new = _room(owl, rows, int(max_new_tokens), names)
     min_new = max(0, min(int(min_new_tokens), max_new))
-    tok = proc.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    eos = tok.eos_token_id
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    flat = [im for row in images for im in row]
-    pixel_values = proc.image_processor(flat, mode=image_mode) if flat else None
-    device = model.device
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids.to(device), None if pixel_values is None else pixel_values.to(device), mask.to(device),
-            max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False, num_beams=1,
-            pad_token_id=pad, eos_token_id=eos,
-        )
-    answers = []
-    for new in out[:, width:].tolist():
-        if eos is not None and eos in new:
-            new = new[:new.index(eos)]
-        text = proc.decode(new)
-        if proc.owl_version == 1 and _V1_STOP in text:
-            text = text[:text.index(_V1_STOP)]
-        answers.append(text.strip())
-    return answers
+    jobs = [Job(input_ids=r, pixel_values=proc.image_processor(list(ims), mode=image_mode) if len(ims) else None,
+                prompt_tokens=proc.positions(r), max_new_tokens=max_new, min_new_tokens=min_new)
+            for r, ims in zip(rows, images)]
+    Engine(owl.model, proc, max_batch=len(jobs), lockstep=True).run(jobs)
+    stops = official_stops(proc.owl_version)
+    return [cut_at_stop(proc.decode(job.token_ids), stops)[0].strip() for job in jobs]
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -1,20 +1,22 @@
-"""Faster CPU decoding: the decoder's matrices prepacked for oneDNN.
+"""An opt-in CPU decoding layout: the decoder's matrices prepacked for oneDNN.
 
 A decoding step multiplies one row per sample by every decoder matrix, so it is bound by how
-fast the weights stream from memory. For such short products on CPU, PyTorch's default path
-(MKL ``sgemm`` on a row-major ``[out, in]`` weight) reaches about half the machine's bandwidth
-at batch 1 and a fifth of it at batch 8; oneDNN's prepacked ``linear`` reaches about two thirds
-at both (benchmarks/inference.py measures it). Packing replaces each ``nn.Linear`` of the
-decoder and the LM head by a :class:`PackedLinear` holding only the packed weight, so memory
-does not grow. Two rewrites go with it: each LLaMA MLP's gate and up projections become one
-packed product (:class:`PackedGatedMLP`: one pass over both matrices instead of two; 0.24 ms
-instead of 0.30 ms for the ``small`` preset's at 8 rows), and the vision MLPs' QuickGELU becomes
-one fused SiLU with its 1.702 moved into the weights (:func:`fold_quick_gelu`). All of it keeps
-the numbers up to float rounding (tests/test_model_correctness.py).
+fast the weights stream from memory. Whether oneDNN's prepacked ``linear`` streams them faster
+than PyTorch's default path (MKL ``sgemm`` on the row-major ``[out, in]`` weight) depends on
+the machine: on the ones measured, ``generate`` on the ``small`` preset decoded faster with the
+row-major layout, so ``Owl.load`` keeps it, and packing is asked for with
+``model.optimize_for_cpu_decoding()`` (``benchmarks/inference.py`` measures both layouts).
+
+Packing replaces each ``nn.Linear`` of the decoder and the LM head by a :class:`PackedLinear`
+holding only the packed weight, so memory does not grow. Two rewrites go with it: each LLaMA
+MLP's gate and up projections become one packed product (:class:`PackedGatedMLP`: one pass
+over both matrices instead of two), and the vision MLPs' QuickGELU becomes one fused SiLU with
+its 1.702 moved into the weights (:func:`fold_quick_gelu`). All of it keeps the numbers up to
+float rounding (tests/test_model_correctness.py).
 
 The packed model is for inference: it cannot be trained, moved to another device or saved
 (``save_pretrained`` refuses). Where oneDNN is unavailable, :func:`optimize_for_cpu_decoding`
-falls back to storing the weights column-major, which MKL also streams faster at batch 1.
+falls back to storing the weights column-major.
 """
 
 from __future__ import annotations

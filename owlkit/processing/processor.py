@@ -21,10 +21,6 @@ from owlkit.processing.labels import build_training_example
 from owlkit.processing.templates import CHAT_TEMPLATE, Template, chat_template, default_template, get_template, render
 from owlkit.processing.tokenizer import OwlTokenizer, encode_prompt, placeholder_id
 
-#: Text that ends an assistant turn, besides EOS, per template.
-STOP_STRINGS = {"mplug_owl": ["\nHuman:"], "mplug_owl2": ["</s>", "USER:"], "vicuna_v1": ["</s>", "USER:"]}
-
-
 class OwlProcessor:
     def __init__(
         self,
@@ -70,10 +66,8 @@ class OwlProcessor:
 
     @property
     def stop_strings(self) -> list[str]:
-        name = self.template.name if isinstance(self.template, Template) else self.template
-        if name == CHAT_TEMPLATE:  # the LLM's end-of-turn token is its EOS
-            return [self.tokenizer.eos_token] if self.tokenizer.eos_token else []
-        return list(STOP_STRINGS.get(name, []))
+        """Text that ends an assistant turn of this processor's template, besides EOS."""
+        return list(get_template(self.template).stops)
 
     # -- one conversation --------------------------------------------------------------------
     def positions(self, ids: Sequence[int]) -> int:

@@ -100,6 +100,7 @@ class Template:
     emit_system: bool
     sep: str
     sep2: str
+    stops: tuple[str, ...]  # text that ends an assistant turn, besides EOS (owlkit/generation/stops.py)
     jinja: str = ""  # style "jinja": the LLM's chat template
     variables: tuple[tuple[str, str], ...] = ()  # style "jinja": bos_token, eos_token... for the template
 
@@ -120,6 +121,7 @@ TEMPLATES: dict[str, Template] = {
         emit_system=True,
         sep="\n",
         sep2="\n",
+        stops=("\nHuman:",),
     ),
     "mplug_owl2": Template(
         name="mplug_owl2",
@@ -131,6 +133,7 @@ TEMPLATES: dict[str, Template] = {
         emit_system=False,
         sep=" ",
         sep2="</s>",
+        stops=("</s>", "USER:"),
     ),
     "vicuna_v1": Template(
         name="vicuna_v1",
@@ -142,6 +145,7 @@ TEMPLATES: dict[str, Template] = {
         emit_system=True,
         sep=" ",
         sep2="</s>",
+        stops=("</s>", "USER:"),
     ),
 }
 _ALIASES = {"owl1": "mplug_owl", "mplug-owl": "mplug_owl", "owl2": "mplug_owl2", "mplug-owl2": "mplug_owl2",
@@ -158,7 +162,8 @@ def chat_template(jinja: str, variables: dict[str, str] | None = None) -> Templa
         raise InputError("the tokenizer has no chat template; name one of the official templates "
                          f"({', '.join(sorted(TEMPLATES))}) instead")
     return Template(name=CHAT_TEMPLATE, generation=2, style="jinja", image_placeholder=V2_IMAGE_PLACEHOLDER,
-                    roles=("user", "assistant"), system="", emit_system=False, sep="", sep2="", jinja=jinja,
+                    roles=("user", "assistant"), system="", emit_system=False, sep="", sep2="",
+                    stops=tuple(v for k, v in sorted((variables or {}).items()) if k == "eos_token"), jinja=jinja,
                     variables=tuple(sorted((variables or {}).items())))
 
 

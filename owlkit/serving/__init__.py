@@ -7,7 +7,8 @@ Modules, from the edge inwards:
 * :mod:`~owlkit.serving.schema`: the request and response bodies (pydantic);
 * :mod:`~owlkit.serving.images`: ``image_url`` values -> decoded, checked images;
 * :mod:`~owlkit.serving.prepare`: a validated request -> a :class:`~owlkit.serving.scheduler.Job`;
-* :mod:`~owlkit.serving.scheduler`: the dynamic-batching scheduler (one worker thread owns the model);
+* :mod:`~owlkit.serving.scheduler`: the asyncio side of the decoding engine (:mod:`owlkit.generation`),
+  whose worker thread owns the model;
 * :mod:`~owlkit.serving.app`: the FastAPI application (:func:`create_app`);
 * :mod:`~owlkit.serving.web`: the Gradio demo mounted at ``/``.
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from owlkit.errors import OwlError
 from owlkit.config import IMAGE_PLACEHOLDERS as PLACEHOLDERS
+from owlkit.generation.stops import reply_stops
 from owlkit.serving.errors import ApiError
 from owlkit.serving.images import decode_image, fetch_image_bytes
 from owlkit.serving.scheduler import Job
@@ -67,7 +68,7 @@ def build_job(owl, conversation: list[dict], *, limits: Limits, max_tokens: int 
                        f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
     wanted = max_tokens if max_tokens is not None else limits.default_max_tokens
     return Job.from_encoded(processor, ids, images, max_new_tokens=wanted, temperature=temperature, top_p=top_p,
-                            top_k=top_k, seed=seed, stops=processor.stop_strings + list(stop))
+                            top_k=top_k, seed=seed, stops=reply_stops(processor.template, stop))
 
 
 async def job_from_request(body: ChatCompletionRequest, owl, settings: ServerSettings) -> Job:

