@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from owlkit.errors import InputError
-from owlkit.evaluation.captioning import (bleu, caption_scores, cider_d, coco_tokenize,
-                                          ptb_tokenize, rouge_l)
+from owlkit.evaluation.captioning import bleu, caption_scores, cider_d, rouge_l
+from owlkit.evaluation.ptb import coco_tokenize, ptb_tokenize
 from owlkit.evaluation.choice import (choice_accuracy, circular_accuracy, circular_samples,
                                       extract_choice, rotate_choices)
 from owlkit.evaluation.benchmarks import BENCHMARKS, build_prompt
