@@ -152,12 +152,13 @@ def test_vizwiz_unanswerable_is_an_ordinary_answer():
     assert vizwiz_submission_answer("Two cans.") == "2 cans"
 
 
-def test_gqa_exact_match_after_normalisation():
+def test_gqa_lenient_exact_match_after_normalisation():
     samples = [sample("a", ["red one"], metadata={"structural": "query"}),
                sample("b", ["yes"], metadata={"structural": "verify"})]
-    res = gqa_accuracy(samples, {"a": "The Red one.", "b": "no"})
+    res = gqa_accuracy(samples, {"a": "The Red one.", "b": "no"}, lenient=True)
     assert res["accuracy"] == 50.0
     assert res["perStructuralType"] == {"query": 100.0, "verify": 0.0}
+    assert gqa_accuracy(samples, {"a": "Red one.", "b": "no"})["perStructuralType"] == {"query": 100.0, "verify": 0.0}
 
 
 # ----------------------------------------------------------------------------- PTB tokenizer
