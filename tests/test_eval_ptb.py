@@ -87,3 +87,20 @@ def test_python_tokenizer_matches_java_on_varied_captions():
 
 def test_filter_is_pycocoevalcaps():
     assert {".", ",", "''", "``", "-LRB-"} <= PTB_PUNCTUATIONS and "-lrb-" not in PTB_PUNCTUATIONS
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="no Java runtime (apt-get install default-jre-headless)")
+def test_java_scores_equal_the_python_scores_and_add_meteor():
+    pytest.importorskip("pycocoevalcap", reason="pycocoevalcap is not installed (pip install pycocoevalcap)")
+    from owlkit.evaluation.captioning import caption_scores
+    from owlkit.evaluation.coco_java import java_caption_scores
+    from owlkit.evaluation.samples import EvalSample
+
+    refs = [["A man rides a horse on Main St.", "a person riding a horse"], ["Two dogs play in the snow.", "dogs"],
+            ["A woman brushing her teeth.He smiles", "a lady cleans her teeth"]]
+    samples = [EvalSample(id=i, images=[], answers=r) for i, r in enumerate(refs)]
+    preds = ["a man riding a horse", "two dogs in the snow", "a woman gonna brush teeth"]
+    java, python = java_caption_scores(samples, preds), caption_scores(samples, preds)
+    for key in ("Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"):
+        assert java[key] == pytest.approx(python[key], abs=1e-12), key
+    assert 0 < java["METEOR"] < 1

@@ -3,7 +3,7 @@
 ``owl eval synth --model M --seed S`` scores a model on a held-out synthetic world (per-task
 exact match; no data folder). Otherwise TASK names a benchmark of
 :mod:`owlkit.evaluation.benchmarks`: vqav2, okvqa, textvqa, vizwiz, gqa, scienceqa, seedbench,
-mmbench, mme, pope, coco, flickr30k, nocaps, mmlu, mmmu, mmvet, owleval. The benchmark is read from its own local layout
+mmbench, mme, pope, coco, flickr30k, nocaps, mmlu, owleval. The benchmark is read from its own local layout
 (``docs/evaluation.md``), answered in batches with the task's official prompt and settings,
 each answer appended to ``DIR/<task>_predictions.jsonl`` (a rerun skips the ids already there),
 then scored into ``DIR/results.json`` and ``DIR/results.md``, with the benchmark's submission
