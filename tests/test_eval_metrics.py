@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from owlkit.errors import InputError
-from owlkit.evaluation.captioning import (bleu, caption_scores, cider_d, coco_tokenize,
-                                          ptb_tokenize, rouge_l)
+from owlkit.evaluation.captioning import bleu, caption_scores, cider_d, rouge_l
+from owlkit.evaluation.ptb import coco_tokenize, ptb_tokenize
 from owlkit.evaluation.choice import (choice_accuracy, circular_accuracy, circular_samples,
                                       extract_choice, rotate_choices)
 from owlkit.evaluation.benchmarks import BENCHMARKS, build_prompt
@@ -152,12 +152,13 @@ def test_vizwiz_unanswerable_is_an_ordinary_answer():
     assert vizwiz_submission_answer("Two cans.") == "2 cans"
 
 
-def test_gqa_exact_match_after_normalisation():
+def test_gqa_lenient_exact_match_after_normalisation():
     samples = [sample("a", ["red one"], metadata={"structural": "query"}),
                sample("b", ["yes"], metadata={"structural": "verify"})]
-    res = gqa_accuracy(samples, {"a": "The Red one.", "b": "no"})
+    res = gqa_accuracy(samples, {"a": "The Red one.", "b": "no"}, lenient=True)
     assert res["accuracy"] == 50.0
     assert res["perStructuralType"] == {"query": 100.0, "verify": 0.0}
+    assert gqa_accuracy(samples, {"a": "Red one.", "b": "no"})["perStructuralType"] == {"query": 100.0, "verify": 0.0}
 
 
 # ----------------------------------------------------------------------------- PTB tokenizer

@@ -178,6 +178,9 @@ def test_every_task_end_to_end(task, folder, tmp_path, capsys):
     assert entry["info"]["model"] == "model" and (run / "results.md").read_text().count(f"## {task}") == 1
     for name in SUBMISSIONS.get(task, []):
         assert (run / name).is_file(), name
+    if task != "owleval":       # every number names the scorer it reproduces
+        assert entry["provenance"][next(iter(_expect(task)))]["lenient"] is False
+        assert all(p["reference"] for p in entry["provenance"].values())
     if task == "mmbench":       # CircularEval: 2 and 3 options -> 5 rotations
         assert sorted(r["id"] for r in rows) == [0, 1, 1_000_000, 1_000_001, 2_000_001]
         assert any((run / f"mmbench_submission.{ext}").is_file() for ext in ("xlsx", "tsv"))
@@ -190,6 +193,18 @@ def test_every_task_end_to_end(task, folder, tmp_path, capsys):
         assert sorted(r["question_id"] for r in sub) == [70, 420]
     if task in ("mme", "pope", "vqav2"):
         assert all(r["prompt"].endswith("ASSISTANT: ") for r in rows)
+
+
+def test_lenient_metrics_have_their_own_names(folder, tmp_path, capsys):
+    data = layouts.LAYOUTS["scienceqa"](tmp_path / "data")
+    args = ["eval", "scienceqa", "--model", str(folder), "--data", str(data), "--output", str(tmp_path / "run"),
+            "--max-new-tokens", "2", "--quiet"]
+    assert owl(args) == 0 and owl(args + ["--lenient"]) == 0, capsys.readouterr().err
+    entry = json.loads((tmp_path / "run" / "results.json").read_text())["tasks"]["scienceqa"]
+    assert "accuracy_lenient" in entry["metrics"] and "accuracy" not in entry["metrics"]
+    assert entry["provenance"]["accuracy_lenient"] == {"reference": BENCHMARKS["scienceqa"].reference, "lenient": True}
+    capsys.readouterr()
+    assert "--java applies to the caption tasks only" in _bad(args + ["--java"], capsys)
 
 
 def test_test_split_writes_the_submission_only(owl_api, tmp_path):

@@ -7,7 +7,10 @@ mmbench, mme, pope, coco, flickr30k, nocaps, mmlu, owleval. The benchmark is rea
 (``docs/evaluation.md``), answered in batches with the task's official prompt and settings,
 each answer appended to ``DIR/<task>_predictions.jsonl`` (a rerun skips the ids already there),
 then scored into ``DIR/results.json`` and ``DIR/results.md``, with the benchmark's submission
-file where one exists. The metrics table goes to stdout.
+file where one exists. The metrics table goes to stdout. Every metric is scored like the
+scorer behind the published numbers (``results.json`` names it per metric); ``--lenient``
+uses owlkit's forgiving answer parsers instead, under ``*_lenient`` metric names; ``--java``
+scores captions with pycocoevalcap's own Java tokenizer and METEOR.
 
 ``owl eval compare DIR [DIR ...] [--png PATH]`` prints the runs' metrics side by side and
 writes a bar chart (default ``comparison.png`` beside the first run folder).
@@ -50,6 +53,11 @@ def add_arguments(parser) -> None:
                         help="name of the model in reports (default: the model folder's name)")
     parser.add_argument("--html-images", default="relative",
                         help="OwlEval HTML: 'relative' links to the images or 'base64' thumbnails")
+    parser.add_argument("--lenient", action="store_true",
+                        help="owlkit's forgiving answer parsers instead of the reference scorers' (metrics named "
+                             "*_lenient: not comparable with published numbers)")
+    parser.add_argument("--java", action="store_true",
+                        help="(captions) pycocoevalcap's Java tokenizer and METEOR (needs Java and pycocoevalcap)")
     parser.add_argument("--png", default=None, help="(compare) where to write the chart")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--seed", type=int, default=1000, help="(synth) seed of the held-out world")
@@ -124,6 +132,13 @@ def run(args) -> int:
         raise InputError("--batch-size must be positive")
     if args.max_new_tokens is not None and args.max_new_tokens <= 0:
         raise InputError("--max-new-tokens must be positive")
+    if args.java:
+        from owlkit.evaluation.coco_java import java_available
+
+        if spec.java is None:
+            raise InputError(f"--java applies to the caption tasks only, not to {spec.name}")
+        if java_available():
+            raise InputError(f"--java: {java_available()}")
     samples = load_samples(spec, args.data, limit=args.limit, images=args.images, split=args.split,
                            annotations=args.annotations)
 
@@ -135,7 +150,7 @@ def run(args) -> int:
     result = evaluate(spec, owl, args.data, args.output, samples=samples, limit=args.limit,
                       batch_size=args.batch_size, image_mode=args.image_mode, max_new_tokens=args.max_new_tokens,
                       model_id=model_id, html_embed=args.html_images, progress=not args.quiet,
-                      info={"model_path": args.model})
+                      info={"model_path": args.model}, lenient=args.lenient, java=args.java)
     print(metrics_markdown(spec.name, result["metrics"]))
     print(f"{result['generated']} answered, {result['reused']} already done; wrote "
           + ", ".join(str(p) for p in result["files"]), file=sys.stderr)

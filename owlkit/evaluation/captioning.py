@@ -3,28 +3,9 @@
 Source: ``pycocoevalcap`` (tylin/coco-caption, the package behind ``COCOEvalCap`` that
 mPLUG-Owl2's ``evaluate_caption.py`` calls).
 
-Tokenization. ``COCOEvalCap`` first runs Stanford CoreNLP 3.4.1's ``PTBTokenizer``
-(``-preserveLines -lowerCase``) over references and candidates, then drops the tokens
-``'' ' `` ` -LRB- -RRB- -LCB- -RCB- . ? ! , : - -- ... ;``. :func:`ptb_tokenize` is a pure-Python
-approximation of that tokenizer, adequate for captions:
-
-* splits off punctuation, brackets, quotes, ``$ % # &`` when standing alone;
-* keeps together words joined by ``-``, ``&``, ``/`` or apostrophes ("black-and-white",
-  "3-year-old", "AT&T", "o'clock") and numbers with ``. , : /`` between digits ("1,000",
-  "3.5", "10:30");
-* splits the clitics ``n't 's 're 've 'll 'd 'm`` ("don't" -> "do n't", "can't" -> "ca n't",
-  "dog's" -> "dog 's") and "cannot" -> "can not";
-* keeps acronyms with periods ("u.s.", "p.m.") and a few abbreviations ("mr.", "st.", ...);
-* maps brackets to ``-LRB- -RRB- -LSB- -RSB- -LCB- -RCB-``, quotes to ````` / ``''`` / `````` `
-  / ``'``, ``…`` to ``...`` and en/em dashes to ``--``;
-* lowercases **after** the bracket escapes, exactly like ``-lowerCase`` does: the escapes
-  become ``-lrb-`` etc., which pycocoevalcap's (upper-case) filter never removes, so
-  parentheses survive as ``-lrb-`` / ``-rrb-`` tokens in the official numbers too.
-
-Known differences from CoreNLP: URLs, e-mail addresses, emoticons, SGML and phone numbers
-get no special treatment; "gonna"/"wanna" are not split; untokenizable control characters
-are not deleted; the abbreviation list is short; ``/`` and ``*`` are not escaped (which does
-not change any n-gram match). On ordinary captions the token streams are identical.
+Tokenization: :func:`~owlkit.evaluation.ptb.tokenize_captions` (the PTB tokenizer of
+pycocoevalcap in pure Python, :mod:`owlkit.evaluation.ptb`); ``owl eval --java`` runs the Java
+tokenizer and METEOR of an installed pycocoevalcap instead (:mod:`owlkit.evaluation.coco_java`).
 
 BLEU (``bleu_scorer.py``): corpus-level modified n-gram precision with option ``'closest'``
 (for each candidate the reference length closest to the candidate length, ties to the
@@ -44,117 +25,25 @@ and every score is 0, as in pycocoevalcap.
 ROUGE-L (``rouge.py``): LCS-based F-measure with beta = 1.2 using the best precision and the
 best recall over the references, mean over images.
 
-METEOR and SPICE need Java and are not computed.
+METEOR needs Java (``--java``); SPICE is not computed.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from owlkit.evaluation.ptb import tokenize_captions
 from owlkit.evaluation.samples import EvalSample, align_predictions
 
 __all__ = [
-    "PTB_PUNCTUATIONS",
-    "ptb_tokenize",
-    "coco_tokenize",
-    "tokenize_captions",
     "bleu",
     "cider_d",
     "rouge_l",
     "caption_scores",
 ]
-
-# pycocoevalcap/tokenizer/ptbtokenizer.py
-PTB_PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-",
-                              ".", "?", "!", ",", ":", "-", "--", "...", ";"])
-
-_TRANSLATE = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
-                            "\u2013": "--", "\u2014": "--", "\u2015": "--", "\u2026": "...",
-                            "\u00a0": " "})
-_TOKEN_RE = re.compile(
-    r"(?P<ellipsis>\.\.\.+)"
-    r"|(?P<dashes>--+)"
-    r"|(?P<acronym>(?:[^\W\d_]\.){2,})"
-    r"|(?P<clitic>(?i:n't|'(?:s|re|ve|ll|d|m))(?![^\W_]))"
-    r"|(?P<word>[^\W_]+(?:(?:[-&'/]|(?<=\d)[.,:](?=\d))[^\W_]+)*)"
-    r"|(?P<other>\S)"
-)
-_BRACKETS = {"(": "-LRB-", ")": "-RRB-", "[": "-LSB-", "]": "-RSB-", "{": "-LCB-", "}": "-RCB-"}
-_OPENERS = {"-LRB-", "-LSB-", "-LCB-", "``", "`"}
-_ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "prof", "inc", "ltd",
-                  "corp", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
-                  "oct", "nov", "dec"}
-_NT = re.compile(r"(?i)^(.+?)(n't)$")
-_CLITIC = re.compile(r"(?i)^(.+?)('s|'re|'ve|'ll|'d|'m)$")
-_CANNOT = re.compile(r"(?i)^(can)(not)$")
-
-
-def _split_word(word: str) -> list[str]:
-    for rx in (_NT, _CLITIC, _CANNOT):
-        m = rx.match(word)
-        if m:
-            return _split_word(m.group(1)) + [m.group(2)]
-    return [word]
-
-
-def ptb_tokenize(text: str) -> list[str]:
-    """PTB-style tokens of ``text``, lowercased, *before* punctuation filtering.
-
-    >>> ptb_tokenize("A man's dog (black) doesn't run.")
-    ['a', 'man', "'s", 'dog', '-lrb-', 'black', '-rrb-', 'does', "n't", 'run', '.']
-    """
-    text = text.replace("\n", " ").translate(_TRANSLATE)
-    tokens: list[str] = []
-    for chunk in text.split():
-        chunk_tokens: list[str] = []
-        for m in _TOKEN_RE.finditer(chunk):
-            kind, tok = m.lastgroup, m.group()
-            if kind == "ellipsis":
-                chunk_tokens.append("...")
-            elif kind == "dashes":
-                chunk_tokens.append("--")
-            elif kind in ("acronym", "clitic"):
-                chunk_tokens.append(tok)
-            elif kind == "word":
-                chunk_tokens.extend(_split_word(tok))
-            else:  # a single other character
-                # (inside a chunk every token touches the previous one)
-                if tok == "." and chunk_tokens and (
-                        chunk_tokens[-1].lower() in _ABBREVIATIONS
-                        or (len(chunk_tokens[-1]) == 1 and chunk_tokens[-1].isupper())):
-                    chunk_tokens[-1] += "."
-                elif tok in _BRACKETS:
-                    chunk_tokens.append(_BRACKETS[tok])
-                elif tok == '"':
-                    opening = not chunk_tokens or chunk_tokens[-1] in _OPENERS
-                    chunk_tokens.append("``" if opening else "''")
-                elif tok == "'":
-                    opening = not chunk_tokens or chunk_tokens[-1] in _OPENERS
-                    chunk_tokens.append("`" if opening else "'")
-                else:
-                    chunk_tokens.append(tok)
-        tokens.extend(chunk_tokens)
-    return [t.lower() for t in tokens]
-
-
-def coco_tokenize(text: str) -> str:
-    """What ``PTBTokenizer.tokenize`` returns for one caption: the lowercased PTB tokens
-    minus :data:`PTB_PUNCTUATIONS`, joined by single spaces.
-
-    >>> coco_tokenize("A dog, running on the beach.")
-    'a dog running on the beach'
-    """
-    return " ".join(t for t in ptb_tokenize(text) if t not in PTB_PUNCTUATIONS)
-
-
-def tokenize_captions(captions: Mapping[Any, Sequence[str]]) -> dict[Any, list[str]]:
-    """``{id: [caption, ...]}`` -> ``{id: [tokenized caption, ...]}``."""
-    return {k: [coco_tokenize(c) for c in v] for k, v in captions.items()}
-
 
 # ---------------------------------------------------------------------------------------------
 # BLEU (pycocoevalcap/bleu/bleu_scorer.py)

@@ -1,11 +1,22 @@
-"""Multiple choice: option-letter extraction, accuracy and MMBench CircularEval.
+"""Multiple choice: answer parsers, accuracy and MMBench CircularEval.
 
-Used for MMBench, SEED-Bench, ScienceQA-IMG and MMLU. The official mPLUG-Owl2 scripts do not
-score multiple choice locally (MMBench predictions go to the MMBench server as raw text; MMMU
-compares the raw prediction with the gold letter by string equality), so the extraction here
-follows the matching VLMEvalKit does before calling a judge model (``can_infer``: an option
-letter standing alone, else the one option whose text appears in the answer), made a little
-more robust, and never calls a model:
+Used for MMBench, SEED-Bench, ScienceQA-IMG and MMLU. Each benchmark scores with the parser
+of the script behind its published numbers (``docs/evaluation.md`` names repository, file
+and commit):
+
+* :func:`vlmevalkit_choice` (MMBench without a judge model): VLMEvalKit's ``can_infer``
+  (``vlmeval/utils/matching_util.py``): ``.()[],:;!*#{}`` become spaces, and when exactly one
+  option letter stands among the words it is the answer ("A dog" is option A), a refusal
+  phrase or a lone ``Z`` is ``Z`` (wrong); otherwise the one option whose lowercased text
+  occurs in the lowercased answer; otherwise unparsed;
+* :func:`llava_scienceqa_choice` (ScienceQA-IMG): LLaVA's ``eval_science_qa.py``: the
+  answer is a bare letter, starts with ``"X. "``, or holds exactly one ``"The answer is X"``
+  followed by any character; a letter beyond the options is wrong;
+* :func:`exact_letter` (SEED-Bench, MMLU's log-likelihood letter): LLaVA's
+  ``convert_seed_for_submission.py`` compares ``text == answer``.
+
+:func:`extract_choice` is owlkit's forgiving parser, used by ``owl eval --lenient`` only
+(its numbers are reported under ``*_lenient`` names):
 
 1. the whole answer is a letter: ``B``, ``(B)``, ``B.``, ``[B]``, ``B)``;
 2. the answer starts with a letter and a delimiter: ``B. dog``, ``(C) dog``, ``C) dog``, ``B: cat``;
@@ -15,8 +26,6 @@ more robust, and never calls a model:
 5. the option texts: the one option equal to the normalised answer, else the one option
    whose text appears in it as whole words (when several appear and one contains all the
    others, that one: "hot dog" beats "dog").
-
-Anything else is unparsed (``None``) and counts as wrong.
 
 CircularEval (MMBench): an N-option question is asked N times with the options shifted
 cyclically (copy k shows options ``k, k+1, ...`` of the original; MMBench TSVs store copy k
@@ -31,13 +40,16 @@ import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Callable
 
 from owlkit.evaluation.samples import LETTERS, EvalSample, align_predictions
 
 __all__ = [
     "format_options",
     "extract_choice",
+    "vlmevalkit_choice",
+    "llava_scienceqa_choice",
+    "exact_letter",
     "choice_accuracy",
     "rotate_choices",
     "circular_samples",
@@ -50,6 +62,14 @@ __all__ = [
 MMBENCH_CIRCULAR_STRIDE = 1_000_000
 
 _ARTICLE_FOLLOWERS_AS_LETTER = {"is", "and", "or", "because", "since", "seems", "looks"}
+
+#: a parser: (answer text, option texts or their number) -> option letter or None
+ChoiceParser = Callable[[str, "Sequence[str] | int"], "str | None"]
+
+# VLMEvalKit can_infer_option: answers that are refusals count as option Z (always wrong)
+_VLMEVALKIT_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+                        "I'm sorry, but without the image provided", "Cannot determine the answer")
+_SQA_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
 
 
 def format_options(choices: Sequence[str]) -> str:
@@ -129,9 +149,61 @@ def extract_choice(text: str, choices: Sequence[str] | int) -> str | None:
     return None
 
 
+def _option_texts(choices: Sequence[str] | int) -> list[str]:
+    return [] if isinstance(choices, int) else [str(c) for c in choices]
+
+
+def vlmevalkit_choice(text: str, choices: Sequence[str] | int) -> str | None:
+    """VLMEvalKit's ``can_infer`` (exact matching, no judge model); ``"Z"`` for a refusal.
+
+    >>> vlmevalkit_choice("A dog", ["a cat", "a dog"])
+    'A'
+    """
+    n = choices if isinstance(choices, int) else len(choices)
+    letters = LETTERS[:n]
+    answer = str(text)
+    if "Failed to obtain answer via API" not in answer:
+        if any(phrase in answer for phrase in _VLMEVALKIT_REFUSALS):
+            return "Z"
+        words = re.sub(r"[.()\[\],:;!*#{}]", " ", answer).split()
+        found = [c for c in letters if c in words]
+        if len(found) == 1:
+            return found[0]
+        if not found and "Z" in words:
+            return "Z"
+    low = answer.lower()
+    inside = [letters[i] for i, t in enumerate(_option_texts(choices)) if t.lower() in low]
+    return inside[0] if len(inside) == 1 else None
+
+
+def llava_scienceqa_choice(text: str, choices: Sequence[str] | int) -> str | None:
+    """LLaVA-1.5's ``eval_science_qa.py``: a bare letter, ``"X. ..."``, or exactly one
+    ``"The answer is X"`` + any character; A..E only, and only letters of the options."""
+    n = choices if isinstance(choices, int) else len(choices)
+    options = LETTERS[:5]
+    answer = None
+    if text in options:
+        answer = text
+    elif len(text) >= 3 and text[0] in options and text[1:3] == ". ":
+        answer = text[0]
+    else:
+        found = _SQA_ANSWER_IS.findall(text)
+        if len(found) == 1:
+            answer = found[0]
+    return answer if answer is not None and answer in options[:n] else None
+
+
+def exact_letter(text: str, choices: Sequence[str] | int) -> str | None:
+    """The answer itself when it is exactly one of the option letters (SEED-Bench's
+    ``text == answer``)."""
+    n = choices if isinstance(choices, int) else len(choices)
+    return text if text in LETTERS[:n] and len(text) == 1 else None
+
+
 def choice_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                    ndigits: int = 2) -> dict[str, Any]:
-    """Accuracy (×100) of free-text answers on samples whose ``answers[0]`` is the gold letter.
+                    ndigits: int = 2, parse: ChoiceParser = extract_choice) -> dict[str, Any]:
+    """Accuracy (×100) of free-text answers on samples whose ``answers[0]`` is the gold letter,
+    each answer read by ``parse``.
 
     Returns ``{"accuracy", "n", "unparsed", "per_category", "per_question", "extracted"}``;
     ``per_category`` groups by ``metadata["category"]`` (or ``"subject"``) when present.
@@ -142,7 +214,7 @@ def choice_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str
     for s in samples:
         if not s.answers:
             raise ValueError(f"sample {s.id!r} has no gold answer to score against")
-        letter = extract_choice(preds[s.id], s.choices or len(LETTERS))
+        letter = parse(preds[s.id], s.choices or len(LETTERS))
         extracted[s.id] = letter
         per_question[s.id] = 1.0 if letter == s.answers[0] else 0.0
     groups: dict[str, list[float]] = defaultdict(list)
@@ -210,8 +282,8 @@ def circular_samples(samples: Sequence[EvalSample]) -> list[EvalSample]:
 
 
 def circular_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                      ndigits: int = 2) -> dict[str, Any]:
-    """MMBench CircularEval over samples holding all their copies.
+                      ndigits: int = 2, parse: ChoiceParser = extract_choice) -> dict[str, Any]:
+    """MMBench CircularEval over samples holding all their copies, answers read by ``parse``.
 
     Groups by ``metadata["group"]`` (else the id). Returns ``{"circular_accuracy",
     "vanilla_accuracy", "groups", "per_category", "per_group", "extracted"}``:
@@ -231,7 +303,7 @@ def circular_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, s
         for s in members:
             if not s.answers:
                 raise ValueError(f"sample {s.id!r} has no gold answer to score against")
-            letter = extract_choice(preds[s.id], s.choices or len(LETTERS))
+            letter = parse(preds[s.id], s.choices or len(LETTERS))
             extracted[s.id] = letter
             hit = letter == s.answers[0]
             ok = ok and hit

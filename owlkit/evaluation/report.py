@@ -124,12 +124,15 @@ def _jsonable(obj: Any) -> Any:
 
 def write_results(run_dir: str | Path, task: str, metrics: Mapping[str, Any], *,
                   predictions: Sequence[Mapping[str, Any]] | None = None,
-                  info: Mapping[str, Any] | None = None) -> Path:
+                  info: Mapping[str, Any] | None = None,
+                  provenance: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Merge ``task``'s metrics into ``run_dir/results.json`` and rewrite ``results.md``.
 
     Per-sample entries go to ``<task>_details.json``; ``predictions`` (rows such as
     ``{"id", "prompt", "prediction"}``) to ``<task>_predictions.jsonl``; ``info`` (model,
-    settings...) is stored beside the metrics. Returns the ``results.json`` path.
+    settings...) is stored beside the metrics, ``provenance`` (``{metric: {"reference",
+    "lenient"}}``: the scorer each number reproduces) under ``"provenance"``. Returns the
+    ``results.json`` path.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,8 @@ def write_results(run_dir: str | Path, task: str, metrics: Mapping[str, Any], *,
     summary, details = split_details(metrics)
     entry: dict[str, Any] = {"metrics": _jsonable(summary),
                              "updated": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if provenance:
+        entry["provenance"] = _jsonable(dict(provenance))
     if info:
         entry["info"] = _jsonable(dict(info))
     data["tasks"][task] = entry

@@ -428,16 +428,20 @@ def evaluate(task: str | Benchmark, owl, data: str | Path, output: str | Path, *
              image_mode: str | None = None, max_new_tokens: int | None = None,
              images: str | Path | None = None, split: str | None = None, annotations: str | Path | None = None,
              model_id: str = "owlkit", html_embed: str = "relative", progress: bool = True,
-             info: dict[str, Any] | None = None) -> dict[str, Any]:
+             info: dict[str, Any] | None = None, lenient: bool = False, java: bool = False) -> dict[str, Any]:
     """Run ``owl`` (an :class:`~owlkit.inference.Owl`) on ``task`` and write the run folder.
 
     ``samples`` skips reading (they must come from :func:`load_samples`). ``max_new_tokens``
-    overrides the task's (``min_new_tokens`` is clamped to it). Returns ``{"task", "metrics"
+    overrides the task's (``min_new_tokens`` is clamped to it). ``lenient``: owlkit's forgiving
+    answer parsers, metrics named ``*_lenient``; ``java``: pycocoevalcap's jars (captions).
+    ``results.json`` records per metric the reference scorer and the lenient flag. Returns ``{"task", "metrics"
     (summary), "files", "generated", "reused"}``.
     """
     from owlkit.processing.images import MODES
 
     spec = get_benchmark(task) if isinstance(task, str) else task
+    if java and spec.java is None:
+        raise InputError(f"--java applies to the caption tasks only, not to {spec.name}")
     if batch_size <= 0:
         raise InputError("--batch-size must be positive")
     if max_new_tokens is not None and max_new_tokens <= 0:
@@ -483,17 +487,22 @@ def evaluate(task: str | Benchmark, owl, data: str | Path, output: str | Path, *
         metrics: dict[str, Any] = {"n": len(samples),
                                    "mean_answer_words": round(sum(words) / len(words), 2) if words else 0.0}
         run_info["dialogues"] = len(group_dialogues(samples))
+    elif spec.metric is None:
+        metrics = {"n": len(samples)}
+        run_info["scored"] = spec.no_metric
     elif not any(s.answers for s in samples):
         metrics = {"n": len(samples)}
         run_info["scored"] = "no reference answers (test split): see the submission file"
     else:
         try:
-            metrics = spec.metric(samples, preds)
+            metrics = spec.score(samples, preds, lenient=lenient, java=java)
         except ValueError as exc:
             raise InputError(f"cannot score {spec.name}: {exc}") from None
-    files = [report.write_results(output, spec.name, metrics, info=run_info), output / "results.md", store.path]
+    summary, _ = report.split_details(metrics)
+    provenance = spec.provenance(summary, lenient) if spec.metric is not None else {}
+    files = [report.write_results(output, spec.name, metrics, info=run_info, provenance=provenance),
+             output / "results.md", store.path]
     if spec.submission is not None:
         files += spec.submission(samples, preds, RunFolder(output, spec.name, data, model_id, html_embed))
-    summary, _ = report.split_details(metrics)
     return {"task": spec.name, "metrics": summary, "files": files, "generated": generated,
             "reused": len(samples) - generated}

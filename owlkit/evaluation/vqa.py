@@ -35,13 +35,16 @@ test-dev submission files; from facebookresearch/mmf ``EvalAIAnswerProcessor``) 
 drops ``,`` and ``?``, splits ``'s``, and then applies the same punctuation / digit / article /
 contraction normalisation, with its own comma rule ``(?<=\\d)(\\,)+(?=\\d)``.
 
-VizWiz uses the same accuracy; "unanswerable" (and "unsuitable") are ordinary answers that go
-through the same normalisation (a prediction "Unanswerable." becomes "unanswerable").
+VizWiz (``vqaEval.py`` of the VizWiz VQA evaluation) uses the same formula and the same
+prediction processing but compares with the annotators' answers **as written**
+(``process_gt=False``): "Coca-Cola" against coca-cola x6, coca cola, coke x2, soda scores 0.3
+there, 1.0 with the VQA v2 rule. "unanswerable" is an ordinary answer (a prediction
+"Unanswerable." becomes "unanswerable").
 :func:`vizwiz_submission_answer` follows the common convention of writing "unanswerable" when
 the normalised prediction is empty.
 
-GQA is scored by exact match of the normalised prediction against the normalised single
-ground-truth answer (:func:`gqa_accuracy`).
+GQA follows LLaVA-1.5 (the protocol of the mPLUG-Owl2 README numbers): the prediction
+lowercased without its trailing periods must equal the gold answer (:func:`gqa_accuracy`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ __all__ = [
     "vqa_question_accuracy",
     "vqa_accuracy",
     "breakdown",
+    "gqa_prediction",
     "gqa_accuracy",
 ]
 
@@ -216,8 +220,9 @@ def process_gt_answers(gt_answers: Sequence[str]) -> list[str]:
     return answers
 
 
-def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
-    """Score in [0, 1] of one raw prediction against the raw annotator answers.
+def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str], process_gt: bool = True) -> float:
+    """Score in [0, 1] of one raw prediction against the raw annotator answers
+    (``process_gt=False``: compared as written, as VizWiz's ``vqaEval.py`` does).
 
     For each annotator ``i``: ``min(1, #{j != i : gt_j == pred} / 3)``; mean over ``i``.
     With 10 annotators of whom ``k`` gave the (processed) prediction, this is
@@ -226,7 +231,7 @@ def vqa_question_accuracy(prediction: str, gt_answers: Sequence[str]) -> float:
     if not gt_answers:
         raise ValueError("vqa_question_accuracy needs at least one ground-truth answer")
     pred = normalize_answer(prediction)
-    gts = process_gt_answers(gt_answers)
+    gts = process_gt_answers(gt_answers) if process_gt else [str(a) for a in gt_answers]
     total = 0.0
     for i in range(len(gts)):
         matches = sum(1 for j, g in enumerate(gts) if j != i and g == pred)
@@ -246,8 +251,9 @@ def breakdown(scores: Mapping[Any, float], samples: Sequence[EvalSample], key: s
 
 
 def vqa_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                 ndigits: int = 2) -> dict[str, Any]:
-    """VQA accuracy of raw predictions over samples carrying annotator answers.
+                 ndigits: int = 2, process_gt: bool = True) -> dict[str, Any]:
+    """VQA accuracy of raw predictions over samples carrying annotator answers
+    (``process_gt``: see :func:`vqa_question_accuracy`).
 
     ``predictions`` is ``{sample.id: text}`` or a list aligned with ``samples``. Returns
     ``{"overall", "perQuestionType", "perAnswerType", "n", "per_question"}`` where the first
@@ -265,7 +271,7 @@ def vqa_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str] |
                 f"sample {s.id!r} has {len(s.answers)} ground-truth answer(s); VQA accuracy needs "
                 "the annotators' answers (usually 10): read the official annotations file too"
             )
-        per_question[s.id] = vqa_question_accuracy(preds[s.id], s.answers)
+        per_question[s.id] = vqa_question_accuracy(preds[s.id], s.answers, process_gt)
     n = len(per_question)
     overall = round(100 * sum(per_question.values()) / n, ndigits) if n else 0.0
     return {
@@ -277,18 +283,26 @@ def vqa_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str] |
     }
 
 
+def gqa_prediction(text: str) -> str:
+    """A GQA prediction as LLaVA-1.5's ``convert_gqa_for_eval.py`` writes it: trailing
+    periods removed, lowercased (GQA's ``eval.py`` then compares it with the answer exactly)."""
+    return text.rstrip(".").lower()
+
+
 def gqa_accuracy(samples: Sequence[EvalSample], predictions: Mapping[Any, str] | Sequence[str],
-                 ndigits: int = 2) -> dict[str, Any]:
-    """GQA: exact match of :func:`normalize_answer` (prediction) against
-    :func:`normalize_answer` (the single gold answer). Accuracy ×100, plus a breakdown by
-    ``metadata["structural"]`` / ``metadata["semantic"]`` question types when present."""
+                 ndigits: int = 2, lenient: bool = False) -> dict[str, Any]:
+    """GQA accuracy ×100: :func:`gqa_prediction` equal to the gold answer as written
+    (``lenient``: :func:`normalize_answer` of both, which forgives articles and punctuation),
+    plus a breakdown by ``metadata["structural"]`` / ``metadata["semantic"]`` when present."""
     preds = align_predictions(samples, predictions)
+    norm = normalize_answer if lenient else str
     per_question: dict[Any, float] = {}
     for s in samples:
         if not s.answers:
             raise ValueError(f"sample {s.id!r} has no ground-truth answer to score against")
-        gold = {normalize_answer(a) for a in s.answers}
-        per_question[s.id] = 1.0 if normalize_answer(preds[s.id]) in gold else 0.0
+        gold = {norm(a) for a in s.answers}
+        pred = normalize_answer(preds[s.id]) if lenient else gqa_prediction(preds[s.id])
+        per_question[s.id] = 1.0 if pred in gold else 0.0
     n = len(per_question)
     return {
         "accuracy": round(100 * sum(per_question.values()) / n, ndigits) if n else 0.0,

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from owlkit.errors import InputError
 from owlkit.evaluation.prompts import TaskPrompt
+from owlkit.evaluation.references import LENIENT_SUFFIX
 from owlkit.evaluation.samples import EvalSample
 
 __all__ = ["Benchmark", "RunFolder", "KINDS", "first_samples", "BENCHMARKS", "get_benchmark", "read_task",
@@ -68,8 +69,11 @@ class Benchmark:
 
     ``reader(path, **options)`` returns the samples; ``options`` maps the command options
     that apply (``images``, ``split``, ``annotations``) to the reader's keywords.
-    ``metric(samples, predictions)`` returns the metrics dict (``None``: no automatic
-    metric). ``submission(samples, predictions, run)`` writes the files the benchmark's
+    ``metric(samples, predictions)`` returns the metrics dict, scored exactly like the
+    scorer behind the published numbers, which ``reference`` names (one string, or one per
+    metric name); ``lenient`` is the same metric with owlkit's forgiving answer parsing
+    (``owl eval --lenient``, reported under ``*_lenient`` names). ``metric=None`` needs
+    ``no_metric``, the reason (a judge model that cannot run offline). ``submission(samples, predictions, run)`` writes the files the benchmark's
     server or official tool takes and returns their paths. ``select(samples, limit)`` is
     what ``--limit`` keeps. ``data_file``: glob patterns of the one file the reader wants
     when ``--data`` is a folder. ``layout`` says what ``--data`` should be (messages,
@@ -80,6 +84,10 @@ class Benchmark:
     reader: Callable[..., list[EvalSample]]
     prompt: TaskPrompt
     metric: Callable[..., dict[str, Any]] | None = None
+    reference: str | Mapping[str, str] = ""
+    lenient: Callable[..., dict[str, Any]] | None = None
+    no_metric: str = ""
+    java: Callable[..., dict[str, Any]] | None = None  # the metric by pycocoevalcap's jars (--java)
     kind: str = "generate"
     options: Mapping[str, str] = field(default_factory=dict)
     submission: Callable[[Sequence[EvalSample], dict[Any, str], RunFolder], list[Path]] | None = None
@@ -104,6 +112,38 @@ class Benchmark:
                                      "pass the file itself as --data")
             raise InputError(f"{path}: no {' or '.join(self.data_file)} file found; expected {self.layout}")
         return path
+
+    def score(self, samples: Sequence[EvalSample], predictions: Mapping[Any, str], lenient: bool = False,
+              java: bool = False) -> dict[str, Any]:
+        """The metrics of ``predictions``; ``java`` scores with :attr:`java`; ``lenient`` scores
+        with :attr:`lenient` (the metric itself where the benchmark has no forgiving variant)
+        and renames every summary metric ``<name>_lenient``."""
+        if self.metric is None:
+            raise InputError(f"{self.name} has no automatic metric: {self.no_metric}")
+        if java:
+            if self.java is None:
+                raise InputError(f"--java applies to the caption tasks only, not to {self.name}")
+            return self.java(samples, predictions)
+        if not lenient:
+            return self.metric(samples, predictions)
+        metrics = (self.lenient or self.metric)(samples, predictions)
+        return {k if k in _UNRENAMED else k + LENIENT_SUFFIX: v for k, v in metrics.items()}
+
+    def provenance(self, metrics: Mapping[str, Any], lenient: bool = False) -> dict[str, dict[str, Any]]:
+        """``{metric: {"reference": scorer, "lenient": bool}}`` for the summary metrics."""
+        out = {}
+        for key in metrics:
+            if key in _UNRENAMED:
+                continue
+            base = key[: -len(LENIENT_SUFFIX)] if lenient and key.endswith(LENIENT_SUFFIX) else key
+            ref = self.reference.get(base, "") if isinstance(self.reference, Mapping) else self.reference
+            out[key] = {"reference": ref, "lenient": bool(lenient)}
+        return out
+
+
+# what --lenient never renames: counts and per-sample details
+_UNRENAMED = frozenset({"n", "groups", "unparsed", "images", "other_num", "per_question", "per_image",
+                        "per_group", "extracted"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,8 +171,8 @@ def discover(path: Iterable[str] | None = None) -> dict[str, Benchmark]:
             raise ValueError(f"two benchmarks are named {record.name!r}")
         if record.kind not in KINDS:
             raise ValueError(f"benchmark {record.name!r}: kind must be one of {', '.join(KINDS)}")
-        if record.metric is None and record.kind != "dialogue":
-            raise ValueError(f"benchmark {record.name!r} needs a metric (only dialogues are read, not scored)")
+        if record.metric is None and record.kind != "dialogue" and not record.no_metric:
+            raise ValueError(f"benchmark {record.name!r} needs a metric, or no_metric saying why it has none")
         table[record.name] = record
     return table
 

@@ -2,7 +2,8 @@
 
 One reader for COCO-style caption JSON and Karpathy ``dataset_*.json`` files, the official
 caption prompt of mPLUG-Owl2's ``evaluate_caption.py`` (8..60 new tokens, ``length_penalty
-0``), and BLEU / ROUGE-L / CIDEr-D (:func:`~owlkit.evaluation.captioning.caption_scores`).
+0``), and BLEU / ROUGE-L / CIDEr-D (:func:`~owlkit.evaluation.captioning.caption_scores`; with
+``--java`` pycocoevalcap's own tokenizer and scorers, METEOR included).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.captioning import caption_scores
+from owlkit.evaluation.coco_java import java_caption_scores
 from owlkit.evaluation.prompts import OFFICIAL_SCRIPTS, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand, load_json, need
+from owlkit.evaluation.references import COCO_EVAL
 from owlkit.evaluation.samples import EvalSample
 
 __all__ = ["read_captions", "caption_prompt", "BENCHMARKS"]
@@ -83,7 +86,7 @@ def caption_prompt(source: str) -> TaskPrompt:
 
 
 def _captions(name: str, source: str, order: int, layout: str) -> Benchmark:
-    return Benchmark(name, read_captions, caption_prompt(source), metric=caption_scores,
+    return Benchmark(name, read_captions, caption_prompt(source), metric=caption_scores, reference=COCO_EVAL, java=java_caption_scores,
                      options={"images": "images", "split": "split"}, data_file=("*.json",), order=order,
                      layout=layout)
 

@@ -4,6 +4,7 @@ README short-answer prompt, and exact match of the normalised answers
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.prompts import README_SUFFIX, SHORT_ANSWER_PROMPT, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand, file_or_find, first_dir, load_json, need
+from owlkit.evaluation.references import GQA_EVAL
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import gqa_accuracy
 
@@ -51,5 +53,6 @@ def read_gqa(path: str | Path, *, images: str | Path | None = None,
 
 
 BENCHMARK = Benchmark("gqa", read_gqa, TaskPrompt(SHORT_ANSWER_PROMPT, 10, official=False, source=README_SUFFIX),
-                      metric=gqa_accuracy, options={"images": "images"}, order=50,
+                      metric=gqa_accuracy, lenient=partial(gqa_accuracy, lenient=True),
+                      reference=GQA_EVAL, options={"images": "images"}, order=50,
                       layout="the GQA folder (testdev_balanced_questions.json, images/)")

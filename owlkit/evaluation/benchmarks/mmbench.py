@@ -12,14 +12,17 @@ import csv
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark, RunFolder
-from owlkit.evaluation.choice import MMBENCH_CIRCULAR_STRIDE, circular_accuracy, circular_samples
+from owlkit.evaluation.choice import (MMBENCH_CIRCULAR_STRIDE, circular_accuracy, circular_samples,
+                                      vlmevalkit_choice)
 from owlkit.evaluation.prompts import LETTER_ANSWER, OFFICIAL_SCRIPTS, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand, iter_records, need
+from owlkit.evaluation.references import VLMEVALKIT_MATCHING
 from owlkit.evaluation.samples import LETTERS, EvalSample, align_predictions
 
 __all__ = ["read_mmbench", "MMBENCH_PROMPT", "write_mmbench_submission", "BENCHMARK"]
@@ -227,6 +230,7 @@ def _submission(samples: Sequence[EvalSample], preds: dict[Any, str], run: RunFo
     return [write_mmbench_submission(samples, preds, run.file("_submission.xlsx"))]
 
 
-BENCHMARK = Benchmark("mmbench", read_mmbench, MMBENCH_PROMPT, metric=circular_accuracy,
+BENCHMARK = Benchmark("mmbench", read_mmbench, MMBENCH_PROMPT, metric=partial(circular_accuracy, parse=vlmevalkit_choice),
+                      lenient=circular_accuracy, reference=VLMEVALKIT_MATCHING,
                       options={"images": "image_dir"}, submission=_submission, select=circular_questions,
                       data_file=("*.tsv", "*.jsonl"), order=80, layout="an MMBench .tsv (or a folder holding one)")

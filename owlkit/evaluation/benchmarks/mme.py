@@ -13,6 +13,7 @@ from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark, RunFolder
 from owlkit.evaluation.prompts import OFFICIAL_SCRIPTS, SHORT_ANSWER_PROMPT, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand
+from owlkit.evaluation.references import MME_EVAL
 from owlkit.evaluation.samples import EvalSample, align_predictions
 from owlkit.evaluation.yesno import MME_COGNITION, MME_PERCEPTION, MME_TASKS, mme_scores
 
@@ -147,6 +148,6 @@ def _submission(samples: Sequence[EvalSample], preds: dict[Any, str], run: RunFo
     return write_mme_results(samples, preds, run.path / "mme_results")
 
 
-BENCHMARK = Benchmark("mme", read_mme, MME_PROMPT, metric=mme_scores, options={"images": "images"},
+BENCHMARK = Benchmark("mme", read_mme, MME_PROMPT, metric=mme_scores, reference=MME_EVAL, options={"images": "images"},
                       submission=_submission, order=90,
                       layout="MME_Benchmark_release_version/ (one folder per subtask)")

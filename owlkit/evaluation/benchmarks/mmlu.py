@@ -13,6 +13,7 @@ from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.choice import choice_accuracy
 from owlkit.evaluation.prompts import LETTER_ANSWER, README_SUFFIX, TaskPrompt
 from owlkit.evaluation.readers import expand
+from owlkit.evaluation.references import LOGLIK_LETTER
 from owlkit.evaluation.samples import EvalSample
 
 __all__ = ["read_mmlu", "MMLU_PROMPT", "BENCHMARK"]
@@ -57,5 +58,6 @@ def read_mmlu(path: str | Path, *, subjects: Sequence[str] | None = None) -> lis
     return samples
 
 
-BENCHMARK = Benchmark("mmlu", read_mmlu, MMLU_PROMPT, metric=choice_accuracy, kind="loglik", order=140,
+BENCHMARK = Benchmark("mmlu", read_mmlu, MMLU_PROMPT, metric=choice_accuracy, reference=LOGLIK_LETTER, kind="loglik",
+                      order=140,
                       layout="the MMLU data folder (test/<subject>_test.csv)")

@@ -11,6 +11,7 @@ from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.prompts import README_SUFFIX, SHORT_ANSWER_PROMPT, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand, first_dir, iter_records, need
+from owlkit.evaluation.references import POPE_EVAL
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.yesno import pope_metrics
 
@@ -59,5 +60,5 @@ def read_pope(path: str | Path, *, images: str | Path | None = None,
 
 
 BENCHMARK = Benchmark("pope", read_pope, TaskPrompt(SHORT_ANSWER_PROMPT, 10, official=False, source=README_SUFFIX),
-                      metric=pope_metrics, options={"images": "images"}, order=100,
+                      metric=pope_metrics, reference=POPE_EVAL, options={"images": "images"}, order=100,
                       layout="a coco_pope_*.json file or a folder of them, with val2014/")

@@ -4,13 +4,15 @@ option-letter accuracy."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
-from owlkit.evaluation.choice import choice_accuracy
+from owlkit.evaluation.choice import choice_accuracy, llava_scienceqa_choice
 from owlkit.evaluation.prompts import LETTER_ANSWER, README_SUFFIX, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand, load_json, need
+from owlkit.evaluation.references import SCIENCEQA_EVAL
 from owlkit.evaluation.samples import LETTERS, EvalSample
 
 __all__ = ["read_scienceqa", "SCIENCEQA_PROMPT", "BENCHMARK"]
@@ -66,6 +68,7 @@ def read_scienceqa(path: str | Path, *, split: str = "test", images: str | Path 
     return samples
 
 
-BENCHMARK = Benchmark("scienceqa", read_scienceqa, SCIENCEQA_PROMPT, metric=choice_accuracy,
+BENCHMARK = Benchmark("scienceqa", read_scienceqa, SCIENCEQA_PROMPT, metric=partial(choice_accuracy, parse=llava_scienceqa_choice),
+                      lenient=choice_accuracy, reference=SCIENCEQA_EVAL,
                       options={"images": "images", "split": "split"}, order=60,
                       layout="the ScienceQA folder (problems.json, images/test/<pid>/image.png)")

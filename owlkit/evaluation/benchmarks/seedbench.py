@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
-from owlkit.evaluation.choice import choice_accuracy
+from owlkit.evaluation.choice import choice_accuracy, exact_letter
 from owlkit.evaluation.prompts import CHOICE_PROMPT, README_SUFFIX, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, expand, file_or_find, first_dir, load_json, need
+from owlkit.evaluation.references import SEED_EVAL
 from owlkit.evaluation.samples import EvalSample
 
 __all__ = ["read_seedbench", "BENCHMARK"]
@@ -65,5 +67,6 @@ def read_seedbench(path: str | Path, *, images: str | Path | None = None,
 
 
 BENCHMARK = Benchmark("seedbench", read_seedbench, TaskPrompt(CHOICE_PROMPT, 10, official=False, source=README_SUFFIX),
-                      metric=choice_accuracy, options={"images": "images"}, order=70,
+                      metric=partial(choice_accuracy, parse=exact_letter), lenient=choice_accuracy,
+                      reference=SEED_EVAL, options={"images": "images"}, order=70,
                       layout="the SEED-Bench folder (SEED-Bench.json, SEED-Bench-image/)")

@@ -10,6 +10,7 @@ from owlkit.errors import InputError
 from owlkit.evaluation.benchmarks import Benchmark
 from owlkit.evaluation.benchmarks.vqav2 import VQA_PROMPT, read_vqa
 from owlkit.evaluation.readers import ImageFinder, answers_list, expand, file_or_find, first_dir, load_json, need
+from owlkit.evaluation.references import VQA_EVAL
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import vqa_accuracy
 
@@ -46,5 +47,5 @@ def read_textvqa(path: str | Path, *, images: str | Path | None = None,
     return samples
 
 
-BENCHMARK = Benchmark("textvqa", read_textvqa, VQA_PROMPT, metric=vqa_accuracy, options={"images": "images"},
+BENCHMARK = Benchmark("textvqa", read_textvqa, VQA_PROMPT, metric=vqa_accuracy, reference=VQA_EVAL, options={"images": "images"},
                       order=30, layout="the TextVQA folder (TextVQA_0.5.1_val.json, train_images/)")

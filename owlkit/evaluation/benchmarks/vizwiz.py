@@ -1,18 +1,22 @@
 """VizWiz VQA: ``Annotations/<split>.json`` and the ``<split>/`` images, a LLaVA-1.5-style
-prompt (VizWiz's "Unanswerable" wording), VQA accuracy, and the ``[{image, answer}]``
+prompt (VizWiz's "Unanswerable" wording), VizWiz's accuracy (annotator answers compared as
+written) with the answerability average precision and F1, and the ``[{image, answer}]``
 submission of the evaluation server."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from owlkit.errors import InputError
+from owlkit.evaluation.answerability import unanswerability
 from owlkit.evaluation.benchmarks import Benchmark, RunFolder
 from owlkit.evaluation.prompts import README_SUFFIX, SHORT_ANSWER, TaskPrompt
 from owlkit.evaluation.readers import ImageFinder, answers_list, expand, first_dir, first_file, load_json, need
+from owlkit.evaluation.references import VIZWIZ_EVAL
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import vizwiz_submission_answer, vqa_accuracy
 
@@ -59,6 +63,16 @@ def read_vizwiz(path: str | Path, *, split: str = "val", images: str | Path | No
     return samples
 
 
+def vizwiz_scores(samples: Sequence[EvalSample], predictions: dict[Any, str], lenient: bool = False
+                  ) -> dict[str, Any]:
+    """VizWiz accuracy (``lenient``: the annotators' answers punctuation-processed as in VQA v2)
+    and the answerability scores."""
+    scores = vqa_accuracy(samples, predictions, process_gt=lenient)
+    scores.pop("perQuestionType")
+    scores.update(unanswerability(samples, predictions))
+    return scores
+
+
 def _submission(samples: Sequence[EvalSample], preds: dict[Any, str], run: RunFolder) -> list[Path]:
     out = run.file("_submission.json")
     out.write_text(json.dumps([{"image": str(s.id), "answer": vizwiz_submission_answer(preds[s.id])}
@@ -66,6 +80,7 @@ def _submission(samples: Sequence[EvalSample], preds: dict[Any, str], run: RunFo
     return [out]
 
 
-BENCHMARK = Benchmark("vizwiz", read_vizwiz, VIZWIZ_PROMPT, metric=vqa_accuracy,
+BENCHMARK = Benchmark("vizwiz", read_vizwiz, VIZWIZ_PROMPT, metric=vizwiz_scores,
+                      lenient=partial(vizwiz_scores, lenient=True), reference=VIZWIZ_EVAL,
                       options={"images": "images", "split": "split"}, submission=_submission, order=40,
                       layout="the VizWiz folder (Annotations/val.json, val/)")

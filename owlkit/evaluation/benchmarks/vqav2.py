@@ -17,6 +17,7 @@ from owlkit.evaluation.benchmarks import Benchmark, RunFolder
 from owlkit.evaluation.prompts import OFFICIAL_SCRIPTS, SHORT_ANSWER, TaskPrompt
 from owlkit.evaluation.readers import (ImageFinder, answers_list, expand, find_file, first_dir, iter_records,
                                        load_json, need)
+from owlkit.evaluation.references import VQA_EVAL
 from owlkit.evaluation.samples import EvalSample, align_predictions
 from owlkit.evaluation.vqa import evalai_normalize, vqa_accuracy
 
@@ -176,6 +177,6 @@ def _submission(samples: Sequence[EvalSample], preds: dict[Any, str], run: RunFo
 
 
 BENCHMARK = Benchmark(
-    "vqav2", read_vqa, VQA_PROMPT, metric=vqa_accuracy, options={"images": "images", "annotations": "annotations"},
+    "vqav2", read_vqa, VQA_PROMPT, metric=vqa_accuracy, reference=VQA_EVAL, options={"images": "images", "annotations": "annotations"},
     submission=_submission, order=10,
     layout="the VQA v2 folder (questions JSON, annotations JSON, val2014/) or an mPLUG-Owl2 .jsonl")
