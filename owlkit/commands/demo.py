@@ -1,8 +1,9 @@
 """``owl demo [--model PATH] [IMAGE ...]``: the main job in one command.
 
-With the bundled owl-tiny model: asks it questions about the bundled example scenes and prints
-each question with its answer, then asks about any IMAGE given (e.g. an OwlEval photo). Without
-a bundled model (a source checkout before ``make tiny``): builds a small random mPLUG-Owl2 with
+With the default bundled model (owl-small when installed, else owl-tiny): asks it questions
+about the bundled example scenes and prints each question with its answer, asks general
+questions without an image (``--text-question``), then asks about any IMAGE given (e.g. an
+OwlEval photo). Without a bundled model (a source checkout before ``make tiny``): builds a small random mPLUG-Owl2 with
 a throw-away tokenizer and runs the same path, so the plumbing is shown end to end.
 """
 
@@ -22,7 +23,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default=None, help="model folder, or a bundled model: owl-small, owl-tiny (default: owl-small when installed, else owl-tiny)")
     add_load_arguments(parser)
     parser.add_argument("--question", default="Describe the image.", help="question for the extra images")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--text-question", action="append", default=None, metavar="QUESTION",
+                        help="a question asked without an image (repeatable; default: a capital city and a simple fact)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+
+
+TEXT_QUESTIONS = ("What is the capital of France?", "What do plants need to grow?")
 
 
 def _examples_dir() -> Path:
@@ -79,8 +85,9 @@ def run(args) -> int:
             jobs.append((Path(image), args.question, None))
         if not jobs:
             raise OwlError("no example images bundled and none given; pass an image path")
+        texts = list(TEXT_QUESTIONS if args.text_question is None else args.text_question)
         convs = [[{"role": "user", "content": [{"type": "image", "image": str(img)}, {"type": "text", "text": q}]}]
-                 for img, q, _ in jobs]
+                 for img, q, _ in jobs] + [[{"role": "user", "content": q}] for q in texts]
         start = time.perf_counter()
         answers = owl.generate_batch(convs, batch_size=8, max_new_tokens=args.max_new_tokens)
         took = time.perf_counter() - start
@@ -93,8 +100,10 @@ def run(args) -> int:
                 ok = exact_match(answer, expected)
                 right += ok
                 print(f"     (expected: {expected}{'' if ok else '  <- wrong'})")
+        for question, answer in zip(texts, answers[len(jobs):]):
+            print(f"\n[no image] {question}\n  -> {answer}")
         n_expected = sum(1 for _, _, e in jobs if e is not None)
-        summary = f"\n{len(jobs)} answers in {took:.1f}s"
+        summary = f"\n{len(convs)} answers in {took:.1f}s"
         if n_expected:
             summary += f"; {right}/{n_expected} example answers correct"
         print(summary)

@@ -1,0 +1,92 @@
+"""owl-small against its targets: the world's tasks, the language check, decoding speed (JSON).
+
+    python benchmarks/small.py [--seed 4242] [--n-per-task 200] [--skip-eval]
+
+* ``world``: ``owl eval synth --model owl-small --seed S --n-per-task N`` accuracies per task,
+  next to the targets (a seed the build never used: the build evaluates on seed 2000);
+* ``language``: the general questions answered and the held-out perplexity of owl-small and of
+  SmolLM2-135M-Instruct alone (the assembled base before any training: without an image its
+  decoder computes exactly SmolLM2's logits);
+* ``speed``: batch-1 greedy decoding (after a prompt with one image) in tokens/s, against the
+  memory-bandwidth bound = measured copy bandwidth / bytes of weights read per token (every
+  decoder matrix and the LM head once, in the model's dtype), and the ratio of the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import copy_bandwidth, decode_seconds  # noqa: E402
+
+from owlkit import Owl  # noqa: E402
+from owlkit.zoo.language_check import ask_general, perplexity  # noqa: E402
+from owlkit.zoo.small import TINY_ASSETS, assemble_base  # noqa: E402
+from owlkit.zoo.synth_eval import evaluate_synth  # noqa: E402
+
+TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.90, "position": 0.90, "relation": 0.85, "read": 0.90,
+           "compare": 0.85, "multiturn": 0.85, "text": 0.90}
+
+
+def language(owl) -> dict:
+    general = ask_general(owl)
+    return {"general_correct": general["correct"], "general_total": general["total"], "perplexity": perplexity(owl)}
+
+
+def decode_speed(owl, tokens: int = 64) -> dict:
+    """Batch-1 greedy decoding steps after a one-image prompt (the model's own steps, with its cache)."""
+    from PIL import Image
+
+    image = Image.open(TINY_ASSETS.parent / "examples" / "colour.png")
+    conv = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Describe the image."}]}]
+    batch = owl.processor(conv)
+    model = owl.model
+    with torch.inference_mode():
+        out = model(**batch, use_cache=True)
+    length = out.attention_mask.shape[1]
+    decode_seconds(model, out, length, 4)  # warm-up
+    median = sorted(decode_seconds(model, out, length, tokens))[tokens // 2]
+    per_token = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+                    if n.startswith("language_model.layers.") or n in ("lm_head.weight", "language_model.norm.weight"))
+    bandwidth = copy_bandwidth()
+    bound = bandwidth / per_token
+    return {"tokens_per_s": round(1 / median, 2), "bytes_per_token": per_token, "bandwidth_gb_s": round(bandwidth / 1e9, 2),
+            "bound_tokens_per_s": round(bound, 2), "of_bound": round(1 / median / bound, 3), "dtype": str(model.dtype)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=4242)
+    parser.add_argument("--n-per-task", type=int, default=200)
+    parser.add_argument("--skip-eval", action="store_true", help="only the language check and the speed")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    result: dict = {"model": "owl-small"}
+    owl = Owl.load("owl-small", dtype="float32")
+    result["speed"] = decode_speed(owl)
+    if not args.skip_eval:
+        world = evaluate_synth(owl, args.seed, args.n_per_task, batch_size=32)
+        result["world"] = {task: {"accuracy": round(acc, 4), "target": TARGETS.get(task)}
+                           for task, acc in world["tasks"].items()}
+    result["language"] = {"owl-small": language(owl)}
+    del owl
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Owl.load(assemble_base(Path(tmp) / "base"), dtype="float32")
+        result["language"]["SmolLM2-135M-Instruct"] = language(base)
+    small, smol = result["language"]["owl-small"], result["language"]["SmolLM2-135M-Instruct"]
+    result["language"]["kept"] = {
+        "general": small["general_correct"] >= smol["general_correct"] - 2,
+        "perplexity_ratio": round(small["perplexity"] / smol["perplexity"], 4),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

