@@ -98,6 +98,7 @@ def wrap(module: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Module:
     if mode == "fsdp2":
         # Our layers return reshaped outputs that are never modified in place: the warning is moot.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
+
         for sub in list(module.modules()):
             if isinstance(sub, (DecoderLayer, VisionLayer, AbstractorLayer)):
                 fully_shard(sub)
