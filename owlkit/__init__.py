@@ -6,6 +6,8 @@ Heavy imports (torch, transformers) happen on first use of the names below, so t
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -29,12 +31,10 @@ _auto_hook.install()
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         module = importlib.import_module(_LAZY[name])
         if name in ("OwlConfig", "OwlForCausalLM", "Owl", "load_model"):
-            from owlkit.models import registry  # noqa: F401  (registers the Auto classes)
+            from owlkit.models import registry  # noqa: F401  (registers the Auto classes; torch: on first use only)
         if name == "OwlForCausalLM":
-            import owlkit.checkpoints  # noqa: F401  (from_pretrained reads folders through it)
+            import owlkit.checkpoints  # noqa: F401  (from_pretrained reads folders through it; torch: on first use only)
         return getattr(module, name)
     raise AttributeError(f"module 'owlkit' has no attribute {name!r}")

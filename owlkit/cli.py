@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from owlkit.errors import OwlError
@@ -77,8 +78,6 @@ def main(argv: list[str] | None = None) -> int:
         report_error(f"owl {argv[0]}: error: {exc}")
         return exc.exit_code
     except BrokenPipeError:  # `owl info M | head`: the reader left; say nothing, as other tools do
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:  # the file system said no: a path the user gave, a full disk, ...
@@ -105,8 +104,6 @@ def report_error(line: str) -> None:
     file in ``OWLKIT_ERROR_FILE``; each rank writes its line there (the lowest rank's is shown)
     and prints nothing, so the user sees one line instead of N copies and torchrun's traceback.
     """
-    import os
-
     target = os.environ.get("OWLKIT_ERROR_FILE")
     if target and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         rank = int(os.environ.get("RANK", "0"))

@@ -19,6 +19,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from tqdm import tqdm
+
+from owlkit.checkpoints import load_model
 from owlkit.errors import InputError, OwlError
 from owlkit.generation import Engine, Job
 from owlkit.generation.stops import reply_stops, special_strings
@@ -52,8 +55,6 @@ class Owl:
         ``image_cache_mb``: features of recently seen images are kept, so a multi-turn chat or
         several questions about one image encode it once (0 = off).
         """
-        from owlkit.checkpoints import load_model
-
         path = resolve_model(path)
         if not (Path(path) / "config.json").exists() and Path(path) == bundled_model_path():
             raise OwlError("no bundled model in this installation; pass a model folder (--model PATH)")
@@ -138,8 +139,6 @@ class Owl:
         engine = Engine(self.model, self.processor, max_batch=batch_size)
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=len(order), unit="answer")
             engine.on_retire = lambda job: bar.update(1)
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from owlkit.errors import CheckpointError, ConfigError
+from owlkit.models.owl import OwlForCausalLM
 
 #: Float32 is the CPU default while the model takes at most this share of the available memory.
 COMFORTABLE = 0.6
@@ -119,8 +120,6 @@ def needed_bytes(num_params: int, dtype: torch.dtype, fixed_bytes: int = 0) -> i
 
 def count_parameters(config) -> int:
     """Parameters of the model ``config`` describes, without allocating it (meta device)."""
-    from owlkit.models.owl import OwlForCausalLM
-
     with torch.device("meta"):
         model = OwlForCausalLM(config)
     return sum(p.numel() for p in model.parameters())

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 from owlkit.errors import CheckpointError, first_line
 
@@ -92,9 +94,6 @@ def read_file(file: Path) -> dict[str, torch.Tensor]:
         return _load_bin(file)
     if not file.exists():
         raise _missing(file)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     try:
         return load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -115,8 +114,6 @@ def weight_index(folder: Path) -> dict[str, TensorInfo]:
         if file.suffix == ".safetensors":
             if not file.exists():
                 raise _missing(file)
-            from safetensors import SafetensorError, safe_open
-
             try:
                 with safe_open(str(file), framework="pt") as f:
                     for name in f.keys():
@@ -145,8 +142,6 @@ def stream_tensors(index: dict[str, TensorInfo]) -> Iterator[tuple[str, torch.Te
         by_file.setdefault(info.file, []).append(name)
     for file, names in by_file.items():
         if file.suffix == ".safetensors":
-            from safetensors import SafetensorError, safe_open
-
             for name in names:
                 try:
                     with safe_open(str(file), framework="pt") as f:  # mapped only while this tensor is read

@@ -23,8 +23,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import modeling_gguf_pytorch_utils as gguf_loader
+from transformers.utils import logging as hf_logging
 
 from owlkit.errors import CheckpointError, first_line
 from owlkit.weight_files import read_json, read_state_dict
@@ -109,13 +114,6 @@ def _check_gguf_header(path: Path) -> None:
 
 def _read_gguf(path: Path, dtype: torch.dtype) -> LanguageModel:
     _check_gguf_header(path)
-    from unittest import mock
-
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer, LlamaForCausalLM
-    from transformers import modeling_gguf_pytorch_utils as gguf_loader
-    from transformers.utils import logging as hf_logging
-
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "some keys were not parsed" notes
     hf_logging.disable_progress_bar()  # "Loading weights"

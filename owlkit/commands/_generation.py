@@ -44,7 +44,7 @@ def generation_options(args) -> dict:
 
 
 def load_owl(args):
-    from owlkit.inference import Owl
+    from owlkit.inference import Owl  # torch: import only when the command runs
 
     return Owl.load(args.model, **load_options(args))
 

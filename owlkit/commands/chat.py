@@ -23,7 +23,7 @@ def add_arguments(parser) -> None:
 
 
 def _user_message(text: str, images: list) -> dict:
-    from owlkit.processing.images import load_image
+    from owlkit.processing.images import load_image  # numpy + PIL: import only when the command runs
 
     parts = [{"type": "image", "image": load_image(p)} for p in images]  # fails early on bad files
     parts.append({"type": "text", "text": text})

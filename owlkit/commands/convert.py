@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.checkpoints import FORMATS, convert, detect_format
+    from owlkit.checkpoints import FORMATS, convert, detect_format  # torch: import only when the command runs
 
     dst = Path(args.dst)
     if dst.exists() and any(dst.iterdir()):

@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
+from owlkit.config import IGNORE_INDEX
+from owlkit.data.records import Problem, Record, image_problems, iter_entries, record_problems
 from owlkit.errors import ConfigError, InputError
 
 KIND_NAMES = {
@@ -73,7 +76,7 @@ def _model_settings(folder: Path) -> tuple[int, int]:
 
 class _LengthCheck:
     def __init__(self, args: argparse.Namespace) -> None:
-        from owlkit.processing.tokenizer import load_tokenizer, placeholder_id
+        from owlkit.processing.tokenizer import load_tokenizer, placeholder_id  # numpy + PIL: import only when the command runs
 
         folder = Path(args.tokenizer)
         self.tokenizer = load_tokenizer(folder)
@@ -85,10 +88,7 @@ class _LengthCheck:
         self.image_token_id = placeholder_id(self.tokenizer)
 
     def __call__(self, record) -> list[str]:
-        import warnings
-
-        from owlkit.config import IGNORE_INDEX
-        from owlkit.processing.labels import build_training_example
+        from owlkit.processing.labels import build_training_example  # numpy + PIL: import only when the command runs
 
         try:
             with warnings.catch_warnings():
@@ -118,8 +118,6 @@ class _LengthCheck:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from owlkit.data.records import Problem, Record, image_problems, iter_entries, record_problems
-
     if (args.tokenizer is None) != (args.max_length is None):
         raise ConfigError("--tokenizer and --max-length go together (the length check needs both)")
     if args.max_length is not None and args.max_length <= 0:

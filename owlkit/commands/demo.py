@@ -10,12 +10,14 @@ a throw-away tokenizer and runs the same path, so the plumbing is shown end to e
 from __future__ import annotations
 
 import json
+import random
 import tempfile
 import time
 from pathlib import Path
 
 from owlkit.commands._generation import add_load_arguments, load_options
 from owlkit.errors import OwlError
+from owlkit.zoo.bundled import default_name
 
 
 def add_arguments(parser) -> None:
@@ -37,13 +39,11 @@ def _examples_dir() -> Path:
 
 def _random_model_folder(folder: Path) -> None:
     """A small random mPLUG-Owl2 with a tokenizer trained on a few sentences (no download)."""
-    import random
-
     import torch
 
-    from owlkit.config import OwlConfig
-    from owlkit.models.owl import OwlForCausalLM
-    from owlkit.processing.tokenizer_training import train_sentencepiece
+    from owlkit.config import OwlConfig  # transformers: import only when the command runs
+    from owlkit.models.owl import OwlForCausalLM  # torch: import only when the command runs
+    from owlkit.processing.tokenizer_training import train_sentencepiece  # numpy + PIL: import only when the command runs
 
     rnd = random.Random(0)
     words = "what is in this image describe the colour shape of object red blue green circle square".split()
@@ -59,8 +59,7 @@ def _random_model_folder(folder: Path) -> None:
 
 
 def run(args) -> int:
-    from owlkit.inference import Owl, bundled_model_path
-    from owlkit.zoo.bundled import default_name
+    from owlkit.inference import Owl, bundled_model_path  # torch: import only when the command runs
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model
@@ -95,7 +94,7 @@ def run(args) -> int:
         for (image, question, expected), answer in zip(jobs, answers):
             print(f"\n[{image.name}] {question}\n  -> {answer}")
             if expected is not None:
-                from owlkit.zoo.world import exact_match
+                from owlkit.zoo.world import exact_match  # numpy + PIL: import only when the command runs
 
                 ok = exact_match(answer, expected)
                 right += ok

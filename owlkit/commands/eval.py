@@ -22,17 +22,20 @@ model is loaded.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
-from owlkit.commands._generation import add_load_arguments
+from owlkit.commands._generation import add_load_arguments, load_owl
 from owlkit.errors import InputError
+from owlkit.evaluation.benchmarks import BENCHMARKS, get_benchmark
+from owlkit.evaluation.coco_java import java_available
+from owlkit.evaluation.report import compare, metrics_markdown
 from owlkit.outputs import writable_folder
+from owlkit.zoo.bundled import model_name
 
 
 def add_arguments(parser) -> None:
-    from owlkit.evaluation.benchmarks import BENCHMARKS
-
     parser.add_argument("task", help=f"one of {', '.join(BENCHMARKS)}; or 'compare' followed by run folders")
     parser.add_argument("runs", nargs="*", help="(compare) run folders written by owl eval")
     parser.add_argument("--model", default=None, help="model folder, or a bundled model: owl-small, owl-tiny (default: owl-small when installed, else owl-tiny)")
@@ -68,8 +71,6 @@ def add_arguments(parser) -> None:
 
 
 def _compare(args) -> int:
-    from owlkit.evaluation.report import compare
-
     if not args.runs:
         raise InputError("usage: owl eval compare DIR [DIR ...]: give the run folders to compare")
     res = compare(args.runs, png=args.png)
@@ -80,11 +81,7 @@ def _compare(args) -> int:
 
 def _synth(args) -> int:
     """Held-out accuracy per task on the synthetic world (no data folder needed)."""
-    import json
-
-    from owlkit.commands._generation import load_owl
-    from owlkit.zoo.bundled import model_name
-    from owlkit.zoo.synth_eval import evaluate_synth, markdown
+    from owlkit.zoo.synth_eval import evaluate_synth, markdown  # numpy + PIL: import only when the command runs
 
     if args.n_per_task <= 0:
         raise InputError("--n-per-task must be positive")
@@ -104,8 +101,6 @@ def _synth(args) -> int:
 
 
 def run(args) -> int:
-    from owlkit.evaluation.benchmarks import get_benchmark
-
     if args.task == "compare":
         return _compare(args)
     if args.task == "synth":
@@ -122,9 +117,8 @@ def run(args) -> int:
     writable_folder(args.output, "--output")
     if args.html_images not in ("relative", "base64"):
         raise InputError(f"--html-images must be 'relative' or 'base64', not {args.html_images!r}")
-    from owlkit.evaluation.report import metrics_markdown
-    from owlkit.evaluation.runner import evaluate, load_samples
-    from owlkit.processing.images import MODES
+    from owlkit.evaluation.runner import evaluate, load_samples  # torch: import only when the command runs
+    from owlkit.processing.images import MODES  # numpy + PIL: import only when the command runs
 
     if args.image_mode is not None and args.image_mode not in MODES:
         raise InputError(f"unknown --image-mode {args.image_mode!r}; choose one of: {', '.join(MODES)}")
@@ -133,17 +127,12 @@ def run(args) -> int:
     if args.max_new_tokens is not None and args.max_new_tokens <= 0:
         raise InputError("--max-new-tokens must be positive")
     if args.java:
-        from owlkit.evaluation.coco_java import java_available
-
         if spec.java is None:
             raise InputError(f"--java applies to the caption tasks only, not to {spec.name}")
         if java_available():
             raise InputError(f"--java: {java_available()}")
     samples = load_samples(spec, args.data, limit=args.limit, images=args.images, split=args.split,
                            annotations=args.annotations)
-
-    from owlkit.commands._generation import load_owl
-    from owlkit.zoo.bundled import model_name
 
     owl = load_owl(args)
     model_id = args.model_id or model_name(args.model)

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def _conversation(row: dict, base: Path) -> list[dict]:
-    from owlkit.processing.images import load_image
+    from owlkit.processing.images import load_image  # numpy + PIL: import only when the command runs
 
     if "messages" in row:
         if not isinstance(row["messages"], list):

@@ -5,29 +5,29 @@ Nothing of the weights is read (the headers only), so it answers at once even fo
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
+
+from owlkit.zoo.bundled import resolve_model
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("model", help="model folder, or a bundled model: owl-small, owl-tiny")
 
 
 def run(args) -> int:
-    from collections import Counter
-    from pathlib import Path
-
     import torch
 
-    from owlkit.checkpoints import FORMATS, detect_format, read_config
-    from owlkit.memory import COMFORTABLE, available_bytes, gb, needed_bytes
-    from owlkit.models.owl import OwlForCausalLM
-    from owlkit.weight_files import weight_index
-    from owlkit.zoo.bundled import resolve_model
+    from owlkit.checkpoints import FORMATS, detect_format, read_config  # torch: import only when the command runs
+    from owlkit.memory import COMFORTABLE, available_bytes, gb, needed_bytes  # torch: import only when the command runs
+    from owlkit.models.owl import OwlForCausalLM  # torch: import only when the command runs
+    from owlkit.quantization import CONFIG_KEY, QuantizedLinear, replace_linears  # torch: import only when the command runs
+    from owlkit.weight_files import weight_index  # torch: import only when the command runs
 
     folder = resolve_model(args.model)
     kind = detect_format(folder)
     cfg = read_config(folder, kind)
     index = weight_index(folder)
-    from owlkit.quantization import CONFIG_KEY, QuantizedLinear, replace_linears
-
     quantized = getattr(cfg, CONFIG_KEY, None)
     with torch.device("meta"):
         model = OwlForCausalLM(cfg)

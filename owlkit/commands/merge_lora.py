@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.training.lora import find_adapter, find_base, merge_lora
+    from owlkit.training.lora import find_adapter, find_base, merge_lora  # torch: import only when the command runs
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):

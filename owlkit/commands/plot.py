@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from owlkit.training.metrics import plot_run
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("run_dir", help="training output folder (holds metrics.jsonl)")
@@ -9,8 +11,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.training.metrics import plot_run
-
     for path in plot_run(args.run_dir, args.out):
         print(path)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from owlkit.errors import OwlError
+from owlkit.outputs import writable_folder
 
 
 def add_arguments(parser) -> None:
@@ -22,9 +23,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.checkpoints import copy_side_files, load_model, save_model
-    from owlkit.outputs import writable_folder
-    from owlkit.quantization import CONFIG_KEY
+    from owlkit.checkpoints import copy_side_files, load_model, save_model  # torch: import only when the command runs
+    from owlkit.quantization import CONFIG_KEY  # torch: import only when the command runs
 
     dst = Path(args.dst)
     if dst.exists() and dst.is_dir() and any(dst.iterdir()):

@@ -14,8 +14,10 @@ import socket
 import sys
 from pathlib import Path
 
-from owlkit.commands._generation import add_model_argument
+from owlkit.commands._generation import add_model_argument, load_owl
 from owlkit.errors import InputError
+from owlkit.serving.settings import Limits, ServerSettings
+from owlkit.zoo.bundled import model_name
 
 
 def add_server_arguments(parser, api: bool = True) -> None:
@@ -51,9 +53,6 @@ def add_arguments(parser) -> None:
 
 
 def settings_from_args(args, api: bool = True, web: bool = True):
-    from owlkit.serving.settings import Limits, ServerSettings
-    from owlkit.zoo.bundled import model_name
-
     for name in ("max_batch", "max_tokens", "max_images", "max_pixels", "max_prompt_tokens", "max_queue"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
@@ -100,8 +99,7 @@ def serve(args, api: bool = True, web: bool = True) -> int:
         import torch
         import uvicorn
 
-        from owlkit.commands._generation import load_owl
-        from owlkit.serving.app import create_app
+        from owlkit.serving.app import create_app  # fastapi + torch: import only when the command runs
 
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.zoo.tiny import build
+    from owlkit.zoo.tiny import build  # torch: import only when the command runs
 
     build(args.out, seed=args.seed, n_images=args.images, n_instruct=args.instructions,
           steps_scale=args.steps_scale, install_assets=not args.no_install)

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+from owlkit.errors import ConfigError, OwlError
+from owlkit.training.launch import launch_torchrun, spawn
+from owlkit.training.recipe import dump_recipe, load_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _worker(recipe: str, overrides: list[str], resume) -> None:
-    import sys
-
-    from owlkit.errors import OwlError
-    from owlkit.training.loop import train
+    from owlkit.training.loop import train  # torch: import only when the command runs
 
     try:
         train(recipe, overrides, resume=resume or False)
@@ -42,9 +44,6 @@ def _worker(recipe: str, overrides: list[str], resume) -> None:
 
 
 def run(args) -> int:
-    from owlkit.errors import ConfigError
-    from owlkit.training.recipe import dump_recipe, load_recipe
-
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
         # `--resume key=value`: argparse took an override for the optional CHECKPOINT
         args.overrides = [*args.overrides, args.resume]
@@ -59,19 +58,15 @@ def run(args) -> int:
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
         extra = ["--resume", args.resume] if args.resume else []
         if args.launcher == "torchrun":
-            from owlkit.training.launch import launch_torchrun
-
             return launch_torchrun(nproc, [args.recipe, *args.overrides, *extra])
         from torch.multiprocessing import ProcessExitedException
-
-        from owlkit.training.launch import spawn
 
         try:
             spawn(_worker, nproc, (args.recipe, list(args.overrides), args.resume))
         except ProcessExitedException as exc:
             return exc.exit_code or 1
         return 0
-    from owlkit.training.loop import train
+    from owlkit.training.loop import train  # torch: import only when the command runs
 
     train(recipe, resume=args.resume or False)
     return 0

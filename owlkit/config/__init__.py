@@ -30,7 +30,7 @@ _MODEL_NAMES = ("OwlConfig", "OwlVisionConfig", "OwlAbstractorConfig", "PRESETS"
 
 def __getattr__(name: str):
     if name in _MODEL_NAMES:
-        from owlkit.config import model
+        from owlkit.config import model  # transformers: on first use of a config name only
 
         return getattr(model, name)
     raise AttributeError(f"module 'owlkit.config' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from transformers import LlamaConfig, PreTrainedConfig
+from transformers import AutoConfig, LlamaConfig, PreTrainedConfig
 
 from owlkit.config import IMAGE_TOKEN_INDEX
 from owlkit.errors import ConfigError
@@ -221,8 +221,6 @@ PRESETS: dict[str, dict] = {
 
 def _register_auto_config() -> None:
     """AutoConfig knows owlkit's configs once this module is imported (see owlkit._auto_hook)."""
-    from transformers import AutoConfig
-
     for cfg in (OwlConfig, OwlVisionConfig, OwlAbstractorConfig):
         AutoConfig.register(cfg.model_type, cfg, exist_ok=True)
 

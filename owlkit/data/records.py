@@ -426,7 +426,7 @@ def image_problems(record: Record, decode: bool = False) -> list[str]:
 
 
 def _decode_problem(image: Any) -> list[str]:
-    from owlkit.processing.images import load_image
+    from owlkit.processing.images import load_image  # PIL + numpy, for decoding only: the readers stay light
 
     try:
         load_image(image.read_bytes() if isinstance(image, TarMember) else image)

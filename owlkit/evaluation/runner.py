@@ -49,6 +49,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
 from owlkit.config import V1_IMAGE_PLACEHOLDER as V1_IMAGE
 from owlkit.config import V2_IMAGE_PLACEHOLDER as V2_IMAGE
 from owlkit.errors import InputError
@@ -57,6 +60,9 @@ from owlkit.evaluation.benchmarks import Benchmark, RunFolder, get_benchmark
 from owlkit.evaluation.samples import LETTERS, EvalSample, group_dialogues
 from owlkit.generation import Engine, Job
 from owlkit.generation.stops import cut_at_stop, official_stops
+from owlkit.processing.images import MODES
+from owlkit.processing.templates import V1_SYSTEM, render
+from owlkit.processing.tokenizer import encode_prompt
 
 __all__ = [
     "v1_prompt",
@@ -85,8 +91,6 @@ def v1_prompt(prompt: str) -> str:
     ...``) become ``Human:`` / ``AI: {a}`` line pairs, so ``v1_prompt(dialogue_prompt(turns, 2))``
     is ``dialogue_prompt(turns, 1)`` with ``<image>`` for the placeholder.
     """
-    from owlkit.processing.templates import V1_SYSTEM
-
     turns = prompt.split("</s>")
     lines = [V1_SYSTEM]
     for k, turn in enumerate(turns):
@@ -114,8 +118,6 @@ def exact_prompt(prompt: str, owl_version: int) -> str:
 
 
 def _encode(owl, text: str) -> list[int]:
-    from owlkit.processing.tokenizer import encode_prompt
-
     proc = owl.processor
     return encode_prompt(text, proc.owl_version, proc.tokenizer, proc.image_token_id)
 
@@ -182,8 +184,6 @@ def option_logprobs(owl, prompts: Sequence[str], options: Sequence[Sequence[str]
     When every option of a prompt is one token after the whole context, one forward pass
     scores them all. Text only. ``on_done(k)`` is called as questions complete.
     """
-    import torch
-
     proc, model = owl.processor, owl.model
     # requests: (ids, [(position predicting the token, token id, prompt index, option index)])
     requests: list[tuple[list[int], list[tuple[int, int, int, int]]]] = []
@@ -319,8 +319,6 @@ def load_samples(task: str | Benchmark, data: str | Path, *, limit: int | None =
 
 
 def _bar(total: int, task: str, progress: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="answer", desc=task, file=sys.stderr, disable=not progress or total == 0)
 
 
@@ -372,8 +370,6 @@ def _run_loglik(owl, spec: Benchmark, samples, store, *, batch_size, progress) -
 
 
 def _run_dialogues(owl, spec: Benchmark, samples, store, *, batch_size, max_new, image_mode, progress) -> int:
-    from owlkit.processing.templates import render
-
     for s in samples:
         store.check(s.id, "question", s.question)
     dialogues = group_dialogues(samples)
@@ -437,8 +433,6 @@ def evaluate(task: str | Benchmark, owl, data: str | Path, output: str | Path, *
     ``results.json`` records per metric the reference scorer and the lenient flag. Returns ``{"task", "metrics"
     (summary), "files", "generated", "reused"}``.
     """
-    from owlkit.processing.images import MODES
-
     spec = get_benchmark(task) if isinstance(task, str) else task
     if java and spec.java is None:
         raise InputError(f"--java applies to the caption tasks only, not to {spec.name}")

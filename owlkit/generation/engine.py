@@ -34,6 +34,7 @@ thread owning the model.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 import queue
@@ -64,8 +65,6 @@ def release_memory() -> None:
     global _malloc_trim
     if _malloc_trim is None:
         try:
-            import ctypes
-
             _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
         except (OSError, AttributeError):
             _malloc_trim = False

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.activations import QuickGELUActivation
 
 _BATCH_HINT = 8  # oneDNN's packing hint; the packed weight serves any batch size
 
@@ -84,8 +85,6 @@ def fold_quick_gelu(model) -> int:
     ``(fc2 / 1.702)(silu((1.702 fc1) x))``: the scale moves into the weights, and three passes
     over the activations (scale, sigmoid, product) become one. Same numbers up to rounding.
     """
-    from transformers.activations import QuickGELUActivation
-
     folded = 0
     for module in model.vision.modules():
         if isinstance(getattr(module, "act", None), QuickGELUActivation) and hasattr(module, "fc1"):

@@ -24,13 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from owlkit.config import IGNORE_INDEX, OwlConfig
 from owlkit.errors import InputError, OwlError
+from owlkit.models import cpu_decoding
 from owlkit.models.abstractor import VisualAbstractor
 from owlkit.models.decoder import OwlDecoder
+from owlkit.models.feature_cache import FeatureCache
 from owlkit.models.splice import Expanded, expand_placeholders
 from owlkit.models.vision import VisionEncoder
 
@@ -154,9 +156,7 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
 
     def optimize_for_cpu_decoding(self) -> "OwlForCausalLM":
         """Prepack the decoder for fast CPU decoding (inference only; see models/cpu_decoding.py)."""
-        from owlkit.models.cpu_decoding import optimize_for_cpu_decoding
-
-        optimize_for_cpu_decoding(self)
+        cpu_decoding.optimize_for_cpu_decoding(self)
         return self
 
     def save_pretrained(self, *args, **kwargs):
@@ -181,8 +181,6 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
 
     def enable_image_feature_cache(self, max_mb: float = 256.0):
         """Repeated images skip the vision encoder and abstractor at inference (models/feature_cache.py)."""
-        from owlkit.models.feature_cache import FeatureCache
-
         self.image_feature_cache = FeatureCache(max_mb) if max_mb and max_mb > 0 else None
         return self.image_feature_cache
 
@@ -314,8 +312,6 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
 
 def _register_auto_models() -> None:
     """AutoModel / AutoModelForCausalLM know OwlForCausalLM once this module is imported."""
-    from transformers import AutoModel, AutoModelForCausalLM
-
     for auto in (AutoModelForCausalLM, AutoModel):
         auto.register(OwlConfig, OwlForCausalLM, exist_ok=True)
 

@@ -531,7 +531,7 @@ class OwlImageProcessor:
 
     def __call__(self, images: Any, mode: str | None = None):
         """Images -> ``torch.Tensor`` [N, 3, S, S] float32."""
-        import torch
+        import torch  # processing imports torch only when tensors are asked for
 
         return torch.from_numpy(self.preprocess_numpy(images, mode))
 

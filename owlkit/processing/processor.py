@@ -46,11 +46,11 @@ class OwlProcessor:
         """Tokenizer, image processor and sizes of a model folder (``config`` saves re-reading it)."""
         folder = Path(folder)
         if config is None:
-            from owlkit.checkpoints import config_from_official, detect_format
+            from owlkit.checkpoints import config_from_official, detect_format  # cycle: checkpoints imports processing
 
             raw = json.loads((folder / "config.json").read_text())
             if detect_format(folder) == "owlkit":
-                from owlkit.config import OwlConfig
+                from owlkit.config import OwlConfig  # transformers: processing imports none
 
                 config = OwlConfig(**{k: v for k, v in raw.items() if k != "model_type"})
             else:
@@ -127,7 +127,7 @@ class OwlProcessor:
     ) -> dict:
         """One conversation or a list of them -> ``input_ids``, ``attention_mask``, ``pixel_values``
         (None without images) and, with ``return_labels``, ``labels`` (assistant turns only)."""
-        import torch
+        import torch  # processing imports torch only when tensors are asked for
 
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]

@@ -69,6 +69,7 @@ from typing import Any, NamedTuple, Sequence
 
 from owlkit.config import V1_IMAGE_PLACEHOLDER, V2_IMAGE_PLACEHOLDER
 from owlkit.errors import InputError
+from owlkit.processing.images import generation_number
 
 V1_SYSTEM = (
     "The following is a conversation between a curious human and AI assistant. "
@@ -179,8 +180,6 @@ def get_template(template: str | Template) -> Template:
 
 def default_template(generation: int | str) -> str:
     """The official inference template: ``mplug_owl`` for v1, ``mplug_owl2`` for v2."""
-    from owlkit.processing.images import generation_number
-
     return "mplug_owl" if generation_number(generation) == 1 else "mplug_owl2"
 
 
@@ -384,7 +383,7 @@ def _render_two(
 def render_jinja(tpl: Template, system: str | None, turns: Sequence[Turn], add_generation_prompt: bool,
                  image_separator: str = "") -> str:
     """Turns rendered by an LLM's own chat template (images as placeholders at each message's front)."""
-    from transformers.utils.chat_template_utils import render_jinja_template
+    from transformers.utils.chat_template_utils import render_jinja_template  # processing imports no transformers
 
     messages = [{"role": "system", "content": system}] if system is not None else []
     for turn in turns:

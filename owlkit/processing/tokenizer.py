@@ -45,6 +45,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import sentencepiece as spm
+from tokenizers import Tokenizer
+
 from owlkit.config import IMAGE_TOKEN_INDEX, V1_IMAGE_PLACEHOLDER, V2_IMAGE_PLACEHOLDER
 from owlkit.errors import CheckpointError, InputError, first_line
 from owlkit.processing.images import generation_number
@@ -83,8 +86,6 @@ def _read_json(path: Path) -> dict:
 
 class _SentencePieceBackend:
     def __init__(self, path: Path) -> None:
-        import sentencepiece as spm
-
         self.path = path
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(path))
@@ -108,8 +109,6 @@ class _SentencePieceBackend:
 
 class _TokenizersBackend:
     def __init__(self, path: Path) -> None:
-        from tokenizers import Tokenizer
-
         self.path = path
         try:
             self.tok = Tokenizer.from_file(str(path))

@@ -7,8 +7,11 @@ single piece, which makes it owlkit's image token.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Iterable
+
+import sentencepiece as spm
 
 from owlkit.config import V2_IMAGE_PLACEHOLDER
 
@@ -20,10 +23,6 @@ def train_sentencepiece(lines: Iterable[str], folder: str | Path, vocab_size: in
     The model is written through ``model_writer``, so the file does not record the folder it was
     written to (with ``model_prefix`` SentencePiece stores that path in the model): the same text
     gives the same bytes wherever it is built."""
-    import io
-
-    import sentencepiece as spm
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if image_token:

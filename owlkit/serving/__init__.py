@@ -24,7 +24,7 @@ __all__ = ["ServerSettings", "create_app"]
 
 def __getattr__(name: str):
     if name == "create_app":
-        from owlkit.serving.app import create_app
+        from owlkit.serving.app import create_app  # fastapi: heavy, optional (the serve extra)
 
         return create_app
     raise AttributeError(name)

@@ -31,6 +31,7 @@ from owlkit.serving.prepare import job_from_request
 from owlkit.serving.scheduler import Job, QueueFull, Scheduler, SchedulerClosed
 from owlkit.serving.schema import ChatCompletionRequest
 from owlkit.serving.settings import ServerSettings
+from owlkit.serving.web import mount_demo
 
 log = logging.getLogger("owlkit.serving")
 
@@ -206,8 +207,6 @@ def create_app(owl, settings: ServerSettings | None = None, scheduler: Scheduler
     if settings.api:
         _api_routes(app, owl, settings, scheduler, model_card)
     if settings.web:
-        from owlkit.serving.web import mount_demo
-
         mount_demo(app, owl, scheduler, settings)
     return app
 
@@ -263,8 +262,6 @@ def _reason(reason: str | None) -> str:
 
 
 async def _complete(job: Job, meta: dict, request: Request) -> JSONResponse:
-    import asyncio
-
     async def watch():  # a client that hangs up cancels its job
         while True:
             message = await request.receive()

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from owlkit.errors import InputError
+from owlkit.processing.images import load_image
 from owlkit.serving.errors import ApiError
 from owlkit.serving.settings import ServerSettings
 
@@ -162,8 +163,6 @@ async def fetch_image_bytes(url: str, settings: ServerSettings) -> bytes:
 
 def decode_image(data: bytes, max_pixels: int):
     """Encoded PNG/JPEG/WebP bytes -> RGB PIL image (400 for anything else or too large)."""
-    from owlkit.processing.images import load_image
-
     if not data:
         raise _bad("an image is empty")
     if sniff(data) is None:

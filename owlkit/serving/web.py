@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,6 @@ def example_images(folder: Path | None) -> list[Path]:
 
 def example_prompts(folder: Path | None) -> list[tuple[Path, str]]:
     """(image, question) pairs for the one-click examples: ``questions.json``'s, else a generic one."""
-    import json
-
     images = example_images(folder)
     folder = examples_dir() if folder is None else Path(folder)
     questions: dict[str, str] = {}

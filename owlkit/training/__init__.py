@@ -17,6 +17,8 @@ See docs/training.md.
 
 from __future__ import annotations
 
+import importlib
+
 _LAZY = {
     "train": "owlkit.training.loop",
     "TrainResult": "owlkit.training.loop",
@@ -46,7 +48,5 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str):
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'owlkit.training' has no attribute {name!r}")

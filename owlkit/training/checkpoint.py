@@ -24,7 +24,9 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from owlkit import outputs
 from owlkit.errors import OwlError, first_line
@@ -73,8 +75,6 @@ def remove_partial(run_dir: str | Path) -> None:
 
 
 def rng_state() -> dict:
-    import numpy as np
-
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -88,8 +88,6 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    import numpy as np
-
     random.setstate(state["python"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"]))
@@ -120,13 +118,7 @@ def _fsync_tree(path: Path) -> None:
 
 #: What a failed write raises: the OS (full disk, permissions, file size limit), torch.save's
 #: zip writer (RuntimeError "... failed writing file ..."), safetensors (its own error type).
-def _write_errors() -> tuple[type[BaseException], ...]:
-    from safetensors import SafetensorError
-
-    return (OSError, RuntimeError, SafetensorError)
-
-
-WRITE_ERRORS = _write_errors()
+WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, RuntimeError, SafetensorError)
 
 
 def os_reason(exc: BaseException) -> str:

@@ -14,12 +14,18 @@ one process group (NCCL on CUDA, gloo on CPU). ``train.distributed`` selects the
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from torch.nn.parallel import DistributedDataParallel
 
 from owlkit.errors import ConfigError
+from owlkit.models.abstractor import AbstractorLayer
+from owlkit.models.decoder import DecoderLayer
+from owlkit.models.vision import VisionLayer
 
 
 @dataclass
@@ -83,10 +89,6 @@ def wrap(module: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Module:
     if mode == "none":
         return module
     if mode == "ddp":
-        import warnings
-
-        from torch.nn.parallel import DistributedDataParallel
-
         # vit_eos's gradient comes out of an expand with non-contiguous strides; DDP copies it
         # into its bucket correctly and only warns about speed (one tiny tensor).
         warnings.filterwarnings("ignore", message=r"Grad strides do not match bucket view strides")
@@ -94,16 +96,8 @@ def wrap(module: torch.nn.Module, mode: str, info: DistInfo) -> torch.nn.Module:
         ids = [info.device.index] if info.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=ids)
     if mode == "fsdp2":
-        import warnings
-
-        from torch.distributed.fsdp import fully_shard
-
         # Our layers return reshaped outputs that are never modified in place: the warning is moot.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
-
-        from owlkit.models.abstractor import AbstractorLayer
-        from owlkit.models.decoder import DecoderLayer
-        from owlkit.models.vision import VisionLayer
 
         for sub in list(module.modules()):
             if isinstance(sub, (DecoderLayer, VisionLayer, AbstractorLayer)):

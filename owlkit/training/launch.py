@@ -13,6 +13,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 
 
 def free_port() -> int:
@@ -46,9 +48,6 @@ def launch_torchrun(nproc: int, args: list[str]) -> int:
     (a ``ChildFailedError`` traceback), which is held back and shown only if no error file explains
     the failure.
     """
-    import tempfile
-    import threading
-
     with tempfile.TemporaryDirectory(prefix="owlkit-torchrun-") as folder:
         error_file = os.path.join(folder, "error")
         env = _threads_env(nproc) | {"OWLKIT_ERROR_FILE": error_file}
@@ -88,7 +87,7 @@ def _spawn_entry(local_rank: int, nproc: int, port: int, fn, args) -> None:
 
 def spawn(fn, nproc: int, args: tuple = ()) -> None:
     """Run ``fn(*args)`` in ``nproc`` fresh processes (spawned) that join one process group."""
-    import torch.multiprocessing as mp
+    import torch.multiprocessing as mp  # heavy: the torchrun launcher needs no torch
 
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     mp.start_processes(_spawn_entry, args=(nproc, free_port(), fn, args), nprocs=nproc, join=True,

@@ -27,6 +27,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
 )
+from tqdm import tqdm
 
 from owlkit.checkpoints import quiet_saving, save_model
 from owlkit.errors import OwlError
@@ -173,8 +174,6 @@ class Trainer:
     def _progress_bar(self):
         if not (self.info.is_main and self.recipe["log"]["progress"] and self.start_step < self.total):
             return None
-        from tqdm import tqdm
-
         return tqdm(total=self.total, initial=self.start_step, desc="train", unit="step", dynamic_ncols=True,
                     file=sys.stdout, disable=None)
 

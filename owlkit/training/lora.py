@@ -9,12 +9,15 @@ trained in full next to the adapters and saved with them (peft ``modules_to_save
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
+from owlkit.checkpoints import copy_side_files, load_model, save_model
 from owlkit.errors import ConfigError, OwlError
 
 ADAPTER_DIR = "adapter"
@@ -25,8 +28,6 @@ def target_regex(model, targets: list[str]) -> str:
     """A peft ``target_modules`` regex matching exactly the ``nn.Linear`` modules to adapt."""
     unknown = [t for t in targets if t not in _PROJECTIONS]
     if unknown:
-        import difflib
-
         near = difflib.get_close_matches(unknown[0], _PROJECTIONS, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else f"; choose from {', '.join(_PROJECTIONS)}"
         raise ConfigError(f"lora.target_modules: {unknown[0]!r} is not a decoder projection{hint}")
@@ -61,7 +62,6 @@ def apply_lora(model, lora: dict, base_path: str | None = None):
 def load_adapter_state(peft_model, adapter_dir: str | Path) -> None:
     """Load adapter weights (and modules_to_save) saved by ``save_pretrained`` into ``peft_model``."""
     from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     file = Path(adapter_dir) / "adapter_model.safetensors"
     if not file.exists():
@@ -115,8 +115,6 @@ def find_base(adapter: Path, base: str | Path | None = None) -> Path:
 def merge_lora(source: str | Path, out: str | Path, base: str | Path | None = None) -> Path:
     """Fold a LoRA adapter into its base model and write a plain owlkit folder at ``out``."""
     from peft import PeftModel
-
-    from owlkit.checkpoints import copy_side_files, load_model, save_model
 
     adapter = find_adapter(source)
     base_dir = find_base(adapter, base)

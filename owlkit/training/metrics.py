@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from owlkit.errors import OwlError
+
 METRICS = "metrics.jsonl"
 
 
@@ -45,7 +47,7 @@ class MetricsLogger:
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = self.path.open("a")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # heavy, optional (tensorboard)
 
             self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=resume_step + 1)
 
@@ -69,8 +71,6 @@ class MetricsLogger:
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     """Write ``loss.png`` and ``lr.png`` (into ``out`` or the run folder); returns the paths."""
-    from owlkit.errors import OwlError
-
     rows = read_metrics(run_dir)
     if not rows:
         raise OwlError(f"no {METRICS} in {run_dir}; is it a training output folder?")

@@ -21,6 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from owlkit.data.records import SOURCE_KEYS
 from owlkit.errors import ConfigError
 
 STAGES = ("owl2_stage1", "owl2_stage2", "owl1_stage1", "owl1_stage2")
@@ -104,8 +107,6 @@ RANDOM_SOURCE_KEYS = ("type", "num_samples", "text_tokens", "images_per_sample",
 
 def check_source_keys(source: dict) -> None:
     """An unknown key in one ``data.sources`` entry is an error naming the nearest valid key."""
-    from owlkit.data.records import SOURCE_KEYS
-
     valid = RANDOM_SOURCE_KEYS if source.get("type") == "random" else SOURCE_KEYS
     unknown = sorted(set(source) - set(valid))
     if unknown:
@@ -194,8 +195,6 @@ _LOADER = None
 def _yaml_load(text: str):
     """``yaml.safe_load`` that also reads ``2e-5`` as a number (YAML 1.1 wants ``2.0e-5``)."""
     global _LOADER
-    import yaml
-
     if _LOADER is None:
         class Loader(yaml.SafeLoader):
             pass
@@ -211,8 +210,6 @@ def _yaml_load(text: str):
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"optim.lr=2e-5"`` -> (["optim", "lr"], 2e-05)."""
-    import yaml
-
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not key=value (for example optim.lr=2e-5)")
     key, _, raw = text.partition("=")
@@ -262,8 +259,6 @@ def apply_override(tree: dict, parts: list[str], value: Any) -> None:
 
 def load_recipe(source: str | Path | dict | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Defaults <- YAML file (or dict) <- ``key=value`` overrides, validated."""
-    import yaml
-
     tree = copy.deepcopy(DEFAULTS)
     if source is not None:
         if isinstance(source, dict):
@@ -451,6 +446,4 @@ def _module_list(recipe: dict, key: str) -> list[str]:
 
 
 def dump_recipe(recipe: dict) -> str:
-    import yaml
-
     return yaml.safe_dump(dict(recipe), sort_keys=False, default_flow_style=None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from owlkit.errors import ConfigError, OwlError, first_line
@@ -172,8 +173,6 @@ class _SeededCollate:
         for r in records:
             if isinstance(r, dict) and "__error__" in r:
                 return {"__error__": r["__error__"]}
-        import numpy as np
-
         py_state, np_state = random.getstate(), np.random.get_state()
         seed = (self.seed * 1_000_003 + positions[0] * 31 + self.rank) % (2**31)
         with torch.random.fork_rng(devices=[]):

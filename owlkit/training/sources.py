@@ -25,7 +25,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from owlkit.config import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from owlkit.data.collator import OwlCollator
+from owlkit.data.datasets import build_dataset
 from owlkit.errors import ConfigError
+from owlkit.processing import OwlImageProcessor, load_tokenizer
 from owlkit.training.recipe import check_source_keys
 
 RANDOM = "random"
@@ -154,8 +157,6 @@ def processing_folder(recipe: dict) -> Path | None:
 
 def load_processing(folder: str | Path, model_config) -> tuple[Any, Any]:
     """(tokenizer, image processor) for training, read from ``folder``."""
-    from owlkit.processing import OwlImageProcessor, load_tokenizer
-
     tokenizer = load_tokenizer(folder)
     image_processor = OwlImageProcessor.from_pretrained(
         folder, generation=model_config.owl_version, image_size=model_config.vision_config.image_size
@@ -176,9 +177,6 @@ def build_batch_source(recipe: dict, model_config) -> BatchSource:
     folder = processing_folder(recipe)
     if folder is None:
         raise ConfigError("model.preset has no tokenizer; set data.tokenizer to a folder holding tokenizer files")
-    from owlkit.data.collator import OwlCollator  # noqa: PLC0415 (lazy: written separately)
-    from owlkit.data.datasets import build_dataset
-
     tokenizer, image_processor = load_processing(folder, model_config)
     dataset = build_dataset(sources, seed=seed, shuffle=bool(data["shuffle"]))
     collator = OwlCollator(

@@ -159,7 +159,7 @@ def _image_src(image: Path, out_dir: Path, embed: str, size: int) -> str:
     if embed != "base64":
         raise ValueError(f"embed must be 'relative' or 'base64', not {embed!r}")
     try:
-        from PIL import Image
+        from PIL import Image  # only for base64 thumbnails: the benchmark modules stay light
 
         with Image.open(image) as im:
             im = im.convert("RGB")
