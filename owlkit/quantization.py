@@ -18,8 +18,8 @@ safetensors stores: ``qweight`` (int8 ``[N, K]``, or uint8 ``[N, K/2]`` with two
 byte, the even column in the high nibble), ``scales`` (``[N]`` or ``[N, K/G]``) and, for int4,
 ``zeros`` (``[N, K/G]``); the kernel's own layout is rebuilt when the model is loaded.
 
-The kernels are fast with bfloat16 activations on CPUs with avx512_bf16 (3x the float32 product
-of the same shape here) and slow with float32 ones (5x slower than float32). Which way runs is
+The kernels are fast with bfloat16 activations on CPUs with avx512_bf16 (faster than the float32
+product of the same shape) and slow with float32 ones (slower than float32). Which way runs is
 measured once per process on this machine (:func:`compute_path`): the kernel with bfloat16
 activations, the kernel with float32 activations, or the weights dequantized to float32 and a
 plain product; the fastest wins. docs/performance.md has the figures.
@@ -71,7 +71,7 @@ def quantize_int4(weight: torch.Tensor, group_size: int, refine: int = 1) -> tup
     Starts from each group's min-max range, then ``refine`` rounds of: codes for the current
     (scale, zero), then the least-squares (scale, zero) for those codes. One round lowers the
     weights' squared error by about 9% over min-max alone, three by 15% (Gaussian and uniform
-    weights alike) but cost twice the time (a 7B model: about 1 s a layer per round).
+    weights alike) but cost twice the time (docs/performance.md has the figures).
     """
     w = weight.float()
     n, k = w.shape
@@ -255,7 +255,8 @@ class QuantizedLinear(nn.Module):
         return out if out.dtype == flat.dtype else out.to(flat.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Lean on purpose: at decoding, small layers take ~20 us, so Python work here shows.
+        # Lean on purpose: at decoding, small layers take microseconds (docs/performance.md),
+        # so Python work here shows.
         flat = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         if flat.shape[0] == 0:  # e.g. no visual token for a modality branch; the kernels crash on 0 rows
             out = flat.new_zeros(0, self.out_features)

@@ -7,8 +7,10 @@
   time, every tensor checked);
 * :mod:`~owlkit.checkpoints.saving`: :func:`save_model` (owlkit or official layout),
   :func:`convert`;
-* :mod:`~owlkit.checkpoints.components`: :func:`build_from_components`, a fresh model from a
-  HF LLaMA folder and a HF CLIP vision folder.
+* :mod:`~owlkit.checkpoints.llm`: LLMs as building material, a HF LLaMA-family folder or a GGUF
+  file (:func:`~owlkit.checkpoints.llm.read_language_model`);
+* :mod:`~owlkit.checkpoints.components`: :func:`build_from_components`, a fresh model from such
+  an LLM and a HF CLIP vision folder (or an owlkit model's encoder).
 
 Importing this package makes ``OwlForCausalLM.from_pretrained`` read through
 :func:`load_model` (the model layer knows no file formats; see :mod:`owlkit.models.owl`).

@@ -5,8 +5,8 @@ clients, an evaluation asks several questions about one image. The key is a hash
 preprocessed pixels (so the image's bytes and every preprocessing choice: size, mode,
 normalisation) with their shape and dtype; the value is what ``encode_images`` returned for that
 image. Only used without gradients (inference), bounded in megabytes, least recently used first
-out. Hashing a 448 px image (2.4 MB of float32) takes about a millisecond; encoding it takes
-hundreds.
+out. Hashing the preprocessed pixels costs a small fraction of encoding them (docs/serving.md,
+"Repeated images").
 """
 
 from __future__ import annotations

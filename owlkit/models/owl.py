@@ -171,8 +171,7 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
         Without gradients, images go through in chunks of about ``INFERENCE_VISION_TOKENS``
         patch tokens: each image's result is the same, and a batch's activations stay small
         enough to be reused from the allocator and the caches instead of being freshly mapped
-        (the vision encoder of the ``small`` preset: 21 ms an image in chunks of 4 against
-        24 ms for 8 at once, benchmarks/generate.py's setting).
+        (faster on the machines measured, benchmarks/generate.py's setting: docs/serving.md).
         """
         cache = getattr(self, "image_feature_cache", None)
         if cache is not None and not torch.is_grad_enabled() and not self.training:

@@ -37,8 +37,9 @@ def build_optimizer(groups: list[dict], optim: dict, fused: bool | None = None) 
     """AdamW over ``groups`` (from :func:`owlkit.training.params.param_groups`).
 
     ``fused=None`` picks the fused kernel when every parameter is a plain CPU / CUDA float tensor
-    (one pass over parameters and moments instead of about eight: 8x faster on CPU for large
-    embeddings); sharded (DTensor) parameters use the multi-tensor implementation.
+    (one pass over parameters and moments instead of about eight: much faster on CPU for large
+    embeddings, docs/training.md "Speed"); sharded (DTensor) parameters use the multi-tensor
+    implementation.
     """
     if fused is None:
         params = [p for g in groups for p in g["params"]]

@@ -64,7 +64,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
-    return None  # CPU: bf16 matmuls are 10-100x slower than fp32 here
+    return None  # CPU: bf16 matmuls are far slower than fp32 on the machines measured (docs/training.md)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,5 +2,7 @@
 
 ``world/``: the synthetic visual world (scenes, images, questions, files); ``tiny``: the
 owl-tiny build (``owl tiny build``); ``tiny_vision``: its vision pre-training;
-``synth_eval``: held-out evaluation on the world (``owl eval synth``).
+``synth_eval``: held-out evaluation on the world (``owl eval synth``); ``small``: the
+owl-small build (``owl small build``); ``bundled``: the bundled models by name;
+``language_check``: whether a model still speaks its LLM's language.
 """

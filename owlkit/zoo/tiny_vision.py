@@ -22,7 +22,7 @@ description (no held-out scene is used):
   places, which it did not learn to turn into the word's token (2% of held-out words read);
   a word code in every band patch survives the abstractor's averaging as the word itself
   (with the encoder frozen in stage 1 and more reading questions in stage 2 the model reads
-  100%; docs/owl-tiny.md, "Reading").
+  100%; docs/owl-tiny.md, "Reading", and docs/notes/owl-tiny-experiments.md).
 
 The heads are linear and thrown away afterwards; only the encoder's weights change.
 :func:`pretrain_vision` logs the loss and, on held-out scenes, how well each head does
@@ -57,7 +57,7 @@ LETTERS = string.ascii_uppercase  # CTC classes: 0 = blank, 1.. = A..Z
 
 @dataclass
 class VisionPretrainSettings:
-    """The recipe (measured in docs/owl-tiny.md)."""
+    """The recipe (measured in docs/notes/owl-tiny-experiments.md)."""
 
     steps: int = 1200
     batch_size: int = 64
