@@ -62,6 +62,8 @@ CASES = [
     ("serve", "missing", ["serve", "--model", "{missing}", "--port", "0"]),
     ("synth", "bad", ["synth", "{root}/w", "--n", "ten"]),
     ("synth", "unwritable", ["synth", "{unwritable}", "--n", "2"]),
+    ("small", "bad", ["small", "fly"]),
+    ("small", "unwritable", ["small", "build", "--out", "{unwritable}", "--no-install"]),
     ("tiny", "bad", ["tiny", "fly"]),
     ("tiny", "unwritable", ["tiny", "build", "--out", "{unwritable}", "--no-install"]),
     ("train", "bad", ["train", "{recipe}", "--nproc", "two"]),

@@ -20,7 +20,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "owlkit"
 
 #: Modules whose function-level owlkit imports are still to be moved or explained: empty this
 #: set as they are.
-PENDING = {"commands/small.py", "zoo/bundled.py", "zoo/small.py"}
 
 
 def _modules() -> list[str]:
@@ -61,8 +60,6 @@ def test_function_level_owlkit_imports_say_why():
     unexplained = []
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
-        if rel in PENDING:
-            continue
         source = path.read_text(encoding="utf-8")
         comments = _comment_lines(source)
         for first, last, module in _function_level_imports(source):
@@ -73,10 +70,6 @@ def test_function_level_owlkit_imports_say_why():
         "function-level imports of owlkit modules without a comment saying why (move them to the "
         "top of the module, or say: '# cycle: ...', '# heavy: ...'):\n" + "\n".join(unexplained)
     )
-
-
-def test_pending_modules_exist():
-    assert all((PACKAGE / rel).is_file() for rel in PENDING)
 
 
 _IMPORT_ALL = """

@@ -14,7 +14,9 @@ from safetensors.torch import load_file, save_file
 
 from helpers_gguf import tiny_llama, write_gguf
 from owlkit.errors import CheckpointError
-from owlkit.zoo import bundled, small
+from owlkit.zoo import bundled
+from owlkit.zoo import small_model as small
+from owlkit.zoo.small import general_prompts
 
 
 @pytest.fixture()
@@ -38,8 +40,8 @@ def _shipped(tmp_path, init) -> tuple:
     assets = tmp_path / "assets"
     assets.mkdir()
     save_file({k: v.to(torch.bfloat16) for k, v in trained.items()}, str(assets / small.TRAINED_FILE))
-    manifest = {"base": {"sha256": small._sha256(small.base_gguf())},
-                "vision": {"sha256": small._sha256(small.TINY_ASSETS / "model.safetensors")},
+    manifest = {"base": {"sha256": small.file_sha256(small.base_gguf())},
+                "vision": {"sha256": small.file_sha256(small.TINY_ASSETS / "model.safetensors")},
                 "abstractor": small.ABSTRACTOR}
     (assets / small.MANIFEST).write_text(json.dumps(manifest))
     return assets, {k: v.to(torch.bfloat16).float() for k, v in trained.items()}, state, q, visual
@@ -106,5 +108,5 @@ def test_general_questions_and_their_matching():
     assert len(heldout_text().split()) > 400
     # the build's self-distilled prompts never ask a question of the check
     asked = {q["question"].lower() for q in questions}
-    assert not asked & {p.lower() for p in small.general_prompts()}
+    assert not asked & {p.lower() for p in general_prompts()}
     assert os.path.exists(small.SMALL_ASSETS.parent)

