@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from owlkit.config import IGNORE_INDEX
 from owlkit.errors import InputError
+from owlkit.evaluation.runner import common_prefix
 from owlkit.inference import Owl
 from owlkit.processing.templates import render
 from owlkit.processing.tokenizer import encode_prompt
@@ -111,15 +112,6 @@ def generation_options(gen_kwargs: Mapping[str, Any] | None, max_new_tokens: int
     return options
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 class Continuation(NamedTuple):
     """How a model scores a continuation of a prompt."""
 
@@ -144,7 +136,7 @@ def continuation_logprob(owl, messages: Sequence[Mapping[str, Any]], continuatio
         return encode_prompt(text, proc.owl_version, proc.tokenizer, proc.image_token_id)
 
     context, full = encode(rendered.prompt), encode(rendered.prompt + continuation)
-    start = max(1, _common_prefix(context, full))
+    start = max(1, common_prefix(context, full))
     if start >= len(full):
         raise InputError(f"the continuation {continuation[:40]!r} adds no token to the prompt")
     if proc.max_length and proc.positions(full) > proc.max_length:
