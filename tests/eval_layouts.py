@@ -21,9 +21,9 @@ def img(path: Path, fmt: str | None = None, colour=(200, 30, 30), size=(4, 3)) -
     return path
 
 
-def png_bytes() -> bytes:
+def png_bytes(colour=(0, 0, 255)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", (2, 2), (0, 0, 255)).save(buf, format="PNG")
+    Image.new("RGB", (2, 2), colour).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -218,6 +218,61 @@ def nocaps_layout(root: Path) -> Path:
                         for k in range(len(names)) for j, c in enumerate(_CAPTIONS[k])]})
 
 
+_MMMU_ROWS = {
+    "Art": [
+        {"id": "validation_Art_1", "question": "Which style is shown in <image 1>?",
+         "options": "['Baroque', 'Cubism', 'Pop art']", "answer": "B", "question_type": "multiple-choice",
+         "subfield": "Art History", "image_1": "a.png"},
+        {"id": "validation_Art_2", "question": "Which picture is warmer?",
+         "options": "['<image 1>', '<image 2>']", "answer": "A", "question_type": "multiple-choice",
+         "subfield": "Drawing", "image_1": "a.png", "image_2": "b.png"}],
+    "Math": [
+        {"id": "validation_Math_1", "question": "<image 1> What is the area of the square?", "options": "[]",
+         "answer": "16", "question_type": "open", "subfield": "Geometry", "image_1": "b.png"}],
+}
+
+
+def mmmu_layout(root: Path) -> Path:
+    """MMMU's rows as ``<Subject>/validation.jsonl`` with the images beside them (the parquet
+    layout's columns, image paths instead of embedded bytes)."""
+    for subject, rows in _MMMU_ROWS.items():
+        for name, colour in (("a.png", (200, 30, 30)), ("b.png", (30, 30, 200))):
+            img(root / subject / name, "PNG", colour)
+        jsonl(root / subject / "validation.jsonl", rows)
+    return root
+
+
+def mmmu_parquet_layout(root: Path) -> Path:
+    """The same rows as the ``MMMU/MMMU`` dataset ships them: ``<Subject>/validation-00000-of-00001.parquet``,
+    options as a string, ``image_1..image_7`` as ``{bytes, path}`` or null (needs pyarrow)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    colours = {"a.png": (200, 30, 30), "b.png": (30, 30, 200)}
+    for subject, rows in _MMMU_ROWS.items():
+        table = []
+        for row in rows:
+            row = dict(row)
+            for k in range(1, 8):
+                name = row.pop(f"image_{k}", None)
+                row[f"image_{k}"] = None if name is None else {"bytes": png_bytes(colours[name]), "path": name}
+            table.append(row)
+        (root / subject).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(table), root / subject / "validation-00000-of-00001.parquet")
+    return root
+
+
+def mmvet_layout(root: Path) -> Path:
+    dump(root / "mm-vet.json", {
+        "v1_0": {"imagename": "v1_0.png", "question": "What is x in the equation?", "answer": "-1 <AND> -5",
+                 "capability": ["ocr", "math"]},
+        "v1_1": {"imagename": "v1_1.jpg", "question": "Which colour is the shape?", "answer": "blue",
+                 "capability": ["rec"]}})
+    img(root / "images" / "v1_0.png", "PNG")
+    img(root / "images" / "v1_1.jpg", colour=(20, 20, 220))
+    return root
+
+
 def mmlu_layout(root: Path) -> Path:
     test = root / "test"
     test.mkdir(parents=True, exist_ok=True)
@@ -246,6 +301,6 @@ def owleval_layout(root: Path) -> Path:
 LAYOUTS = {
     "vqav2": vqa_layout, "okvqa": okvqa_layout, "textvqa": textvqa_layout, "vizwiz": vizwiz_layout,
     "gqa": gqa_layout, "scienceqa": scienceqa_layout, "seedbench": seedbench_layout, "mmbench": mmbench_layout,
-    "mme": mme_layout, "pope": pope_layout, "coco": coco_caption_layout, "flickr30k": flickr30k_layout,
-    "nocaps": nocaps_layout, "mmlu": mmlu_layout, "owleval": owleval_layout,
+    "mmmu": mmmu_layout, "mme": mme_layout, "pope": pope_layout, "mmvet": mmvet_layout, "coco": coco_caption_layout,
+    "flickr30k": flickr30k_layout, "nocaps": nocaps_layout, "mmlu": mmlu_layout, "owleval": owleval_layout,
 }

@@ -25,7 +25,7 @@ def test_every_module_registers_complete_records():
         for b in records:
             assert isinstance(b, Benchmark) and b.name and b.layout, name
             assert callable(b.reader) and callable(b.select) and isinstance(b.prompt, TaskPrompt)
-            assert b.kind in KINDS and (b.metric is not None or b.kind == "dialogue")
+            assert b.kind in KINDS and (b.metric is not None or b.kind == "dialogue" or b.no_metric)
             assert b.submission is None or callable(b.submission)
             assert set(b.options) <= {"images", "split", "annotations"}
             names.append(b.name)
@@ -34,7 +34,7 @@ def test_every_module_registers_complete_records():
 
 def test_the_list_of_owl_eval():
     assert list(BENCHMARKS) == ["vqav2", "okvqa", "textvqa", "vizwiz", "gqa", "scienceqa", "seedbench", "mmbench",
-                                "mme", "pope", "coco", "flickr30k", "nocaps", "mmlu", "owleval"]
+                                "mmmu", "mme", "pope", "mmvet", "coco", "flickr30k", "nocaps", "mmlu", "owleval"]
     with pytest.raises(InputError, match="unknown task 'nope'; choose one of: vqav2, okvqa"):
         get_benchmark("nope")
 

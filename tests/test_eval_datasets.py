@@ -8,15 +8,16 @@ import json
 
 import pytest
 
-from eval_layouts import dump, img, jsonl, mmbench_tsv, mme_layout, png_bytes, vqa_layout
+from eval_layouts import dump, img, jsonl, mmbench_tsv, mme_layout, mmvet_layout, png_bytes, vqa_layout
 from owlkit.errors import InputError
 from owlkit.evaluation import score
-from owlkit.evaluation.benchmarks import build_prompt, read_task
+from owlkit.evaluation.benchmarks import BENCHMARKS, build_prompt, read_task
 from owlkit.evaluation.benchmarks.captions import read_captions
 from owlkit.evaluation.benchmarks.gqa import read_gqa
 from owlkit.evaluation.benchmarks.mmbench import read_mmbench
 from owlkit.evaluation.benchmarks.mme import read_mme, write_mme_results
 from owlkit.evaluation.benchmarks.mmlu import read_mmlu
+from owlkit.evaluation.benchmarks.mmvet import read_mmvet
 from owlkit.evaluation.benchmarks.owleval import (owleval_html, read_owleval, read_owleval_answers,
                                                   write_owleval_answers)
 from owlkit.evaluation.benchmarks.pope import read_pope
@@ -299,6 +300,29 @@ def test_pope(tmp_path):
     jsonl(tmp_path / "coco_pope_random.json", [dict(rows[0], label="maybe")])
     with pytest.raises(InputError, match=r"coco_pope_random.json:1: malformed row: label 'maybe'"):
         read_pope(tmp_path / "coco_pope_random.json")
+
+
+# ----------------------------------------------------------------------------- MM-Vet
+
+
+def test_mmvet(tmp_path):
+    root = mmvet_layout(tmp_path / "mm-vet")
+    samples = read_mmvet(root)
+    assert [s.id for s in samples] == ["v1_0", "v1_1"] and samples[0].image == root / "images" / "v1_0.png"
+    assert samples[0].metadata == {"capability": ["ocr", "math"]} and samples[0].answers == ["-1 <AND> -5"]
+    assert [s.id for s in read_mmvet(root / "mm-vet.json")] == ["v1_0", "v1_1"]
+    assert build_prompt("mmvet", samples[1]) == "USER: <|image|>Which colour is the shape? ASSISTANT: "
+    with pytest.raises(InputError, match="mmvet has no automatic metric: MM-Vet is graded by a GPT-4 judge"):
+        BENCHMARKS["mmvet"].score(samples, {"v1_0": "x", "v1_1": "y"})
+    (root / "images" / "v1_1.jpg").unlink()
+    with pytest.raises(InputError, match=r"mm-vet.json: entry 'v1_1': image not found"):
+        read_mmvet(root)
+    dump(root / "mm-vet.json", {"v1_0": {"question": "?"}})
+    with pytest.raises(InputError, match=r"entry 'v1_0': malformed entry: missing 'imagename'"):
+        read_mmvet(root)
+    dump(root / "mm-vet.json", [1, 2])
+    with pytest.raises(InputError, match="not an MM-Vet file"):
+        read_mmvet(root)
 
 
 # ----------------------------------------------------------------------------- captions

@@ -14,7 +14,7 @@ from owlkit.evaluation.choice import (choice_accuracy, circular_accuracy, circul
                                       extract_choice, rotate_choices)
 from owlkit.evaluation.benchmarks import BENCHMARKS, build_prompt
 from owlkit.evaluation.benchmarks.owleval import dialogue_prompt
-from owlkit.evaluation.prompts import mmmu_prompt
+from owlkit.evaluation.benchmarks.mmmu import mmmu_prompt
 from owlkit.evaluation.samples import EvalSample
 from owlkit.evaluation.vqa import (evalai_normalize, gqa_accuracy, normalize_answer,
                                    process_digit_article, process_punctuation,

@@ -139,7 +139,7 @@ def test_option_logprobs_equal_a_plain_forward(owl_api):
 
 def _expect(task):
     pct = (0.0, 100.0)
-    if task in ("vqav2", "okvqa", "textvqa", "vizwiz"):
+    if task in ("vqav2", "okvqa", "textvqa", "vizwiz", "mmmu"):
         return {"overall": pct}
     if task in ("gqa", "scienceqa", "seedbench", "mmlu"):
         return {"accuracy": pct}
@@ -151,10 +151,13 @@ def _expect(task):
         return {k: (0.0, 1.0) for k in ("accuracy", "precision", "recall", "f1", "yes_ratio")}
     if task in ("coco", "flickr30k", "nocaps"):
         return {k: (0.0, 10.0) for k in ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr")}
+    if task == "mmvet":                                                        # no metric offline
+        return {"n": (2, 2)}
     return {"n": (3, 3), "mean_answer_words": (0, 1000)}                       # owleval
 
 
 SUBMISSIONS = {"vqav2": ["vqav2_submission.json"], "vizwiz": ["vizwiz_submission.json"],
+               "mmmu": ["mmmu_submission.json"], "mmvet": ["mmvet_submission.json"],
                "mme": ["mme_results/existence.txt", "mme_results/artwork.txt"],
                "owleval": ["owleval_answers.jsonl", "owleval.html"]}
 
@@ -178,7 +181,7 @@ def test_every_task_end_to_end(task, folder, tmp_path, capsys):
     assert entry["info"]["model"] == "model" and (run / "results.md").read_text().count(f"## {task}") == 1
     for name in SUBMISSIONS.get(task, []):
         assert (run / name).is_file(), name
-    if task != "owleval":       # every number names the scorer it reproduces
+    if task not in ("owleval", "mmvet"):       # every number names the scorer it reproduces
         assert entry["provenance"][next(iter(_expect(task)))]["lenient"] is False
         assert all(p["reference"] for p in entry["provenance"].values())
     if task == "mmbench":       # CircularEval: 2 and 3 options -> 5 rotations
@@ -188,6 +191,10 @@ def test_every_task_end_to_end(task, folder, tmp_path, capsys):
         assert "A. Rome\nB. Oslo\nC. Paris\n" in rotated
     if task == "mmlu":
         assert all(r["prediction"] == max(r["logprobs"], key=r["logprobs"].get) for r in rows)
+    if task == "mmvet":
+        assert "mmvet: no score: MM-Vet is graded by a GPT-4 judge" in err
+        assert entry["info"]["scored"] == BENCHMARKS["mmvet"].no_metric and "provenance" not in entry
+        assert sorted(json.loads((run / "mmvet_submission.json").read_text())) == ["v1_0", "v1_1"]
     if task == "vqav2":
         sub = json.loads((run / "vqav2_submission.json").read_text())
         assert sorted(r["question_id"] for r in sub) == [70, 420]

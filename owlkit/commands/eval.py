@@ -3,14 +3,16 @@
 ``owl eval synth --model M --seed S`` scores a model on a held-out synthetic world (per-task
 exact match; no data folder). Otherwise TASK names a benchmark of
 :mod:`owlkit.evaluation.benchmarks`: vqav2, okvqa, textvqa, vizwiz, gqa, scienceqa, seedbench,
-mmbench, mme, pope, coco, flickr30k, nocaps, mmlu, owleval. The benchmark is read from its own local layout
+mmbench, mmmu, mme, pope, mmvet, coco, flickr30k, nocaps, mmlu, owleval. The benchmark is read from its own local layout
 (``docs/evaluation.md``), answered in batches with the task's official prompt and settings,
 each answer appended to ``DIR/<task>_predictions.jsonl`` (a rerun skips the ids already there),
 then scored into ``DIR/results.json`` and ``DIR/results.md``, with the benchmark's submission
 file where one exists. The metrics table goes to stdout. Every metric is scored like the
 scorer behind the published numbers (``results.json`` names it per metric); ``--lenient``
 uses owlkit's forgiving answer parsers instead, under ``*_lenient`` metric names; ``--java``
-scores captions with pycocoevalcap's own Java tokenizer and METEOR.
+scores captions with pycocoevalcap's own Java tokenizer and METEOR. A benchmark whose grader
+cannot run offline (MM-Vet's GPT-4 judge) gets its submission file and no score, which one
+line on stderr says.
 
 ``owl eval compare DIR [DIR ...] [--png PATH]`` prints the runs' metrics side by side and
 writes a bar chart (default ``comparison.png`` beside the first run folder).
@@ -50,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="override the task's maximum answer length (min_new_tokens is clamped to it)")
     parser.add_argument("--images", default=None, help="image folder, when not where the layout puts it")
-    parser.add_argument("--split", default=None, help="split to read (VizWiz, ScienceQA, Karpathy captions)")
+    parser.add_argument("--split", default=None, help="split to read (VizWiz, ScienceQA, MMMU, Karpathy captions)")
     parser.add_argument("--annotations", default=None, help="VQA v2 / OK-VQA annotations JSON to join")
     parser.add_argument("--model-id", default=None,
                         help="name of the model in reports (default: the model folder's name)")
@@ -141,6 +143,8 @@ def run(args) -> int:
                       model_id=model_id, html_embed=args.html_images, progress=not args.quiet,
                       info={"model_path": args.model}, lenient=args.lenient, java=args.java)
     print(metrics_markdown(spec.name, result["metrics"]))
+    if spec.metric is None and spec.no_metric:
+        print(f"{spec.name}: no score: {spec.no_metric}", file=sys.stderr)
     print(f"{result['generated']} answered, {result['reused']} already done; wrote "
           + ", ".join(str(p) for p in result["files"]), file=sys.stderr)
     return 0

@@ -14,9 +14,10 @@ writer, registered as one :class:`~owlkit.evaluation.benchmarks.Benchmark`), :mo
 (:class:`EvalSample`), :mod:`.readers` (what the readers share), :mod:`.prompts` (prompt
 templates and generation settings), the shared scorers :mod:`.vqa` (VQA accuracy, EvalAI
 processor, GQA), :mod:`.captioning` (BLEU, CIDEr-D, ROUGE-L as pycocoevalcap), :mod:`.choice`
-(option extraction, MMBench CircularEval), :mod:`.yesno` (MME, POPE), :mod:`.report`
-(JSON/Markdown results, comparison chart) and :mod:`.runner` (``owl eval``).
-Nothing here imports torch or transformers.
+(option extraction, MMBench CircularEval), :mod:`.yesno` (MME, POPE), :mod:`.open_answers`
+(MMMU's answer matching), :mod:`.report` (JSON/Markdown results, comparison chart),
+:mod:`.runner` (``owl eval``) and :mod:`.lmms_eval_model` (owlkit as an lmms-eval model).
+Nothing here imports torch or transformers except the runner and the lmms-eval model.
 """
 
 from __future__ import annotations

@@ -16,18 +16,15 @@ character for character (spec B6):
   ``min_new_tokens 1``.
 
 Benchmarks the official repository has no script for (GQA, VizWiz, POPE, SEED-Bench,
-ScienceQA-IMG, MMLU, OwlEval) use the LLaVA-1.5-style suffixes the mPLUG-Owl2 README
-recommends (:data:`SHORT_ANSWER`, :data:`LETTER_ANSWER`) in the same ``USER: ... ASSISTANT: ``
-frame; these are marked ``official=False``. MMMU has an official script but no reader here:
-:func:`mmmu_prompt` builds its prompts.
+ScienceQA-IMG, MMLU, MM-Vet, OwlEval) use the LLaVA-1.5-style suffixes the mPLUG-Owl2 README
+recommends (:data:`SHORT_ANSWER`, :data:`LETTER_ANSWER`) or the question alone, in the same
+``USER: ... ASSISTANT: `` frame; these are marked ``official=False``.
 
 Prompts contain the literal image placeholder ``<|image|>`` (one per image).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,9 +41,6 @@ __all__ = [
     "README_SUFFIX",
     "TaskPrompt",
     "prompt_fields",
-    "MMMU_CHOICE",
-    "MMMU_OPEN",
-    "mmmu_prompt",
     "format_options",
 ]
 
@@ -110,18 +104,3 @@ def prompt_fields(sample: Any) -> dict[str, str]:
         "options": format_options(getattr(sample, "choices", []) or []),
         "context": f"Context: {hint}\n" if hint else "",
     }
-
-
-_MMMU_SOURCE = OFFICIAL_SCRIPTS + "evaluate_mmmu.py (<image k> -> <|image|>)"
-MMMU_CHOICE = TaskPrompt("USER: {question}\n{options}\n" + LETTER_ANSWER + " ASSISTANT: ", 20, source=_MMMU_SOURCE)
-MMMU_OPEN = TaskPrompt("USER: {question}\n" + SHORT_ANSWER + " ASSISTANT: ", 20, source=_MMMU_SOURCE)
-
-
-def mmmu_prompt(question: str, choices: Sequence[str] = ()) -> str:
-    """The MMMU prompt: multiple choice when there are options, open otherwise; every
-    ``<image k>`` becomes ``<|image|>`` (the images are then given in order). The official
-    script replaces k = 1..5 only; the few MMMU questions with 6 or 7 images would keep
-    ``<image 6>`` as text there."""
-    prompt = MMMU_CHOICE if choices else MMMU_OPEN
-    text = prompt.format(question=question, options=format_options(choices))
-    return re.sub(r"<image \d+>", IMAGE_PLACEHOLDER, text)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from owlkit.errors import InputError
 
 __all__ = ["expand", "load_json", "iter_records", "need", "ImageFinder", "first_dir", "first_file",
-           "find_file", "file_or_find", "answers_list"]
+           "find_file", "file_or_find", "answers_list", "image_suffix", "save_image_bytes"]
 
 
 def expand(p: str | Path) -> Path:
@@ -92,6 +92,29 @@ class ImageFinder:
                 self._seen.add(c)
                 return c
         raise InputError(f"{where}: image not found: {candidates[0]}")
+
+
+_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
+
+
+def image_suffix(data: bytes) -> str:
+    """The file suffix of encoded image bytes, from their magic number (``.jpg`` when unknown)."""
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return ".jpg"
+
+
+def save_image_bytes(folder: Path, stem: str, data: bytes) -> Path:
+    """Encoded image bytes embedded in a benchmark file (MMBench's base64, MMMU's parquet) as
+    ``folder/<stem><suffix>``; a file already there with the same size is not rewritten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{stem}{image_suffix(data)}"
+    if not (target.is_file() and target.stat().st_size == len(data)):
+        target.write_bytes(data)
+    return target
 
 
 def first_dir(candidates: Sequence[Path]) -> Path | None:

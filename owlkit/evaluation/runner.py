@@ -69,6 +69,7 @@ __all__ = [
     "exact_prompt",
     "exact_prompt_ids",
     "generate_exact",
+    "common_prefix",
     "option_logprobs",
     "PredictionStore",
     "load_samples",
@@ -165,7 +166,8 @@ def generate_exact(owl, prompts: Sequence[str], images: Sequence[Sequence[Any]],
     return [cut_at_stop(proc.decode(job.token_ids), stops)[0].strip() for job in jobs]
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share (where a continuation's tokens start)."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -193,7 +195,7 @@ def option_logprobs(owl, prompts: Sequence[str], options: Sequence[Sequence[str]
         context = text[:-1] if text.endswith(" ") else text
         ctx = _encode(owl, context)
         fulls = [_encode(owl, context + o) for o in opts]
-        starts = [max(1, _common_prefix(ctx, f)) for f in fulls]
+        starts = [max(1, common_prefix(ctx, f)) for f in fulls]
         for o, f, s in zip(opts, fulls, starts):
             if s >= len(f):
                 raise InputError(f"option {o!r} adds no token to the prompt")

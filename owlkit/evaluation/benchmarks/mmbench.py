@@ -21,7 +21,7 @@ from owlkit.evaluation.benchmarks import Benchmark, RunFolder
 from owlkit.evaluation.choice import (MMBENCH_CIRCULAR_STRIDE, circular_accuracy, circular_samples,
                                       vlmevalkit_choice)
 from owlkit.evaluation.prompts import LETTER_ANSWER, OFFICIAL_SCRIPTS, TaskPrompt
-from owlkit.evaluation.readers import ImageFinder, expand, iter_records, need
+from owlkit.evaluation.readers import ImageFinder, expand, iter_records, need, save_image_bytes
 from owlkit.evaluation.references import VLMEVALKIT_MATCHING
 from owlkit.evaluation.samples import LETTERS, EvalSample, align_predictions
 
@@ -33,18 +33,6 @@ MMBENCH_PROMPT = TaskPrompt("USER: <|image|>{hint}\n{question}\n{options}\n" + L
 _MMB_LAYOUT = ("an MMBench .tsv (columns index, question, hint, A, B, C, D, answer, category, "
                "l2-category, image (base64)) or the converted .jsonl ({index, image, hint, question, "
                "choices, answer (int)})")
-
-_MAGIC = ((b"\x89PNG", ".png"), (b"\xff\xd8", ".jpg"), (b"GIF8", ".gif"), (b"BM", ".bmp"))
-
-
-def _image_ext(data: bytes) -> str:
-    for magic, ext in _MAGIC:
-        if data.startswith(magic):
-            return ext
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return ".jpg"
-
 
 def _nonempty(value: Any) -> bool:
     return value is not None and str(value).strip() != "" and str(value).strip().lower() != "nan"
@@ -130,11 +118,7 @@ def read_mmbench(path: str | Path, *, image_dir: str | Path | None = None,
                 raise InputError(f"{where}: malformed row: the image is not valid base64") from None
             if not raw:
                 raise InputError(f"{where}: malformed row: empty image")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            target = out_dir / f"{owner}{_image_ext(raw)}"
-            if not (target.is_file() and target.stat().st_size == len(raw)):
-                target.write_bytes(raw)
-            images.append(target)
+            images.append(save_image_bytes(out_dir, str(owner), raw))
         elif "image_path" in col:
             p = expand(row[col["image_path"]])
             p = p if p.is_absolute() else path.parent / p
