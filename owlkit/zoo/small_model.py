@@ -65,7 +65,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("OWLKIT_CACHE") or Path.home() / ".cache" / "owlkit")
 
 
-def filefile_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
