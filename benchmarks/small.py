@@ -28,11 +28,10 @@ from machine import copy_bandwidth, decode_seconds  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
 from owlkit.zoo.language_check import ask_general, perplexity  # noqa: E402
+from owlkit.zoo.small import TARGETS  # noqa: E402
 from owlkit.zoo.small_model import TINY_ASSETS, assemble_base  # noqa: E402
 from owlkit.zoo.synth_eval import evaluate_synth  # noqa: E402
 
-TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.90, "position": 0.90, "relation": 0.85, "read": 0.90,
-           "compare": 0.85, "multiturn": 0.85, "text": 0.90}
 
 
 def language(owl) -> dict:

@@ -72,6 +72,6 @@ def convert(src: str | Path, dst: str | Path, format: str = "owlkit", dtype: tor
 def copy_side_files(src: Path, dst: Path) -> None:
     """Tokenizer and preprocessing files travel with the weights."""
     for name in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "preprocessor_config.json", "added_tokens.json"):
+                 "preprocessor_config.json", "added_tokens.json", "chat_template.jinja", "chat_template.json"):
         if (src / name).exists() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)

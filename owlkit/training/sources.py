@@ -29,6 +29,7 @@ from owlkit.data.collator import OwlCollator
 from owlkit.data.datasets import build_dataset
 from owlkit.errors import ConfigError
 from owlkit.processing import OwlImageProcessor, load_tokenizer
+from owlkit.processing.processor import folder_template
 from owlkit.training.recipe import check_source_keys
 
 RANDOM = "random"
@@ -179,8 +180,10 @@ def build_batch_source(recipe: dict, model_config) -> BatchSource:
         raise ConfigError("model.preset has no tokenizer; set data.tokenizer to a folder holding tokenizer files")
     tokenizer, image_processor = load_processing(folder, model_config)
     dataset = build_dataset(sources, seed=seed, shuffle=bool(data["shuffle"]))
+    # The conversation template the model folder names (e.g. its LLM's own chat template), as at inference.
+    template = folder_template(folder, getattr(model_config, "conversation_template", None), tokenizer)
     collator = OwlCollator(
-        tokenizer, image_processor, model_config.owl_version, int(data["max_length"]),
+        tokenizer, image_processor, model_config.owl_version, int(data["max_length"]), template=template,
         augment=bool(data["augment"]), on_bad_image=data["on_bad_image"], image_token_id=model_config.placeholder_id,
         tokens_per_image=model_config.tokens_per_image, seed=seed,
     )
