@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The default model of the tests (and of the commands they run) is the small, fast owl-tiny;
+# the tests of owl-small name it.
+os.environ.setdefault("OWLKIT_MODEL", "owl-tiny")
 SHARED = Path(os.environ.get("OWLKIT_SHARED", REPO.parent / "shared"))
 
 

@@ -94,7 +94,12 @@ def test_bundled_names(tmp_path, monkeypatch):
     (tmp_path / "owl-tiny").mkdir()  # a folder of that name wins over the bundled model
     assert bundled.resolve_model("owl-tiny") == bundled.Path("owl-tiny")
     monkeypatch.setattr(bundled, "small_installed", lambda: False)
+    monkeypatch.delenv("OWLKIT_MODEL")
     assert bundled.default_name() == "owl-tiny"
+    monkeypatch.setattr(bundled, "small_installed", lambda: True)
+    assert bundled.default_name() == "owl-small"
+    monkeypatch.setenv("OWLKIT_MODEL", str(tmp_path))
+    assert bundled.resolve_model(None) == tmp_path
 
 
 def test_general_questions_and_their_matching():

