@@ -70,10 +70,11 @@ def main() -> None:
     result: dict = {"model": "owl-small"}
     owl = Owl.load("owl-small", dtype="float32")
     result["speed"] = decode_speed(owl)
+    print(json.dumps(result["speed"]), file=sys.stderr, flush=True)
     if not args.skip_eval:
         world = evaluate_synth(owl, args.seed, args.n_per_task, batch_size=32)
-        result["world"] = {task: {"accuracy": round(acc, 4), "target": TARGETS.get(task)}
-                           for task, acc in world["tasks"].items()}
+        result["world"] = {task: {"accuracy": round(row["accuracy"], 4), "target": TARGETS.get(task)}
+                           for task, row in world["tasks"].items()}
     result["language"] = {"owl-small": language(owl)}
     del owl
     with tempfile.TemporaryDirectory() as tmp:
