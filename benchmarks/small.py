@@ -66,7 +66,6 @@ def main() -> None:
     parser.add_argument("--n-per-task", type=int, default=200)
     parser.add_argument("--skip-eval", action="store_true", help="only the language check and the speed")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     result: dict = {"model": "owl-small"}
     owl = Owl.load("owl-small", dtype="float32")
     result["speed"] = decode_speed(owl)

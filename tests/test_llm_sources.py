@@ -90,6 +90,7 @@ def test_a_saved_build_loads_with_its_llms_tokenizer_and_chat_template(llms, tmp
     llm = read_language_model(root / "f32.gguf")
     folder = save_built(build_from_components(llm, BUNDLED, **SMALL), llm, BUNDLED, tmp_path / "owl")
     assert json.loads((folder / "config.json").read_text())["conversation_template"] == "chat_template"
+    assert str(root) not in (folder / "config.json").read_text()  # no path of the building machine
     model = load_model(folder, dtype="float32")
     assert model.lm_head.weight is model.language_model.embed_tokens.weight  # stored once, tied again
     owl = Owl.load(folder, dtype="float32")

@@ -55,6 +55,16 @@ class LanguageModel:
         return self.config.get("chat_template")
 
 
+#: Keys of a loaded config that describe where and how it was read, not the model: dropped, so a
+#: built model's config names no path of the machine that built it.
+LOADING_KEYS = ("quantization_config", "architectures", "transformers_version", "dtype", "torch_dtype",
+                "_name_or_path", "_model_name_or_path", "_commit_hash")
+
+
+def _portable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in LOADING_KEYS}
+
+
 def is_gguf(path: str | Path) -> bool:
     path = Path(path)
     if path.is_file():
@@ -78,7 +88,7 @@ def read_language_model(path: str | Path, dtype: torch.dtype = torch.float32) ->
 def _read_hf_folder(folder: Path, dtype: torch.dtype) -> LanguageModel:
     if not (folder / "config.json").exists():
         raise CheckpointError(f"no config.json in {folder}; expected a HF LLaMA folder or a .gguf file")
-    config = read_json(folder / "config.json")
+    config = _portable(read_json(folder / "config.json"))
     if config.get("model_type") != "llama":
         raise CheckpointError(f"{folder} holds a {config.get('model_type')!r} model; owlkit builds on LLaMA-architecture "
                               "LLMs (model_type 'llama')")
@@ -126,8 +136,7 @@ def _read_gguf(path: Path, dtype: torch.dtype) -> LanguageModel:
         if bars:
             hf_logging.enable_progress_bar()
     config = llm.config.to_dict()
-    for key in ("quantization_config", "architectures", "transformers_version", "dtype", "torch_dtype"):
-        config.pop(key, None)
+    config = _portable(config)
     if getattr(tokenizer, "chat_template", None):
         config["chat_template"] = tokenizer.chat_template
     state = {k: v for k, v in llm.state_dict().items() if not (config.get("tie_word_embeddings") and k == "lm_head.weight")}
