@@ -115,3 +115,15 @@ def test_general_questions_and_their_matching():
     asked = {q["question"].lower() for q in questions}
     assert not asked & {p.lower() for p in general_prompts()}
     assert os.path.exists(small.SMALL_ASSETS.parent)
+
+
+def test_owl_small_build_passes_its_options_to_the_build(monkeypatch):
+    from owlkit.cli import main
+    from owlkit.zoo import small as small_build
+
+    seen = {}
+    monkeypatch.setattr(small_build, "build", lambda out, **kw: seen.update(out=out, **kw))
+    assert main(["small", "build", "--out", "o", "--steps-scale", "0.5", "--stage1", "optim.lr=1e-4",
+                 "--stage2", "lora.r=4", "--stage2", "train.seed=3", "--no-install"]) == 0
+    assert seen["out"] == "o" and seen["steps_scale"] == 0.5 and seen["install_assets"] is False
+    assert seen["overrides"] == {"stage1": ["optim.lr=1e-4"], "stage2": ["lora.r=4", "train.seed=3"]}

@@ -32,6 +32,11 @@ def test_owl_demo_answers_the_example_scenes(tmp_path, capsys):
     for item in examples:
         assert f"[{item['image']}] {item['question']}" in out
     assert "[photo.jpg] Describe the image." in out and "example answers correct" in out
+    from owlkit.commands.demo import TEXT_QUESTIONS
+
+    assert all(f"[no image] {q}" in out for q in TEXT_QUESTIONS)  # asked without an image
+    assert owl(["demo", "--text-question", "What is two plus two?", "--max-new-tokens", "4"]) == 0
+    assert "[no image] What is two plus two?" in capsys.readouterr().out
     from owlkit.checkpoints import load_model
 
     n = sum(p.numel() for p in load_model(bundled_model_path()).parameters())  # before any CPU repacking
