@@ -27,16 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import copy_bandwidth, decode_seconds  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
-from owlkit.zoo.language_check import ask_general, perplexity  # noqa: E402
+from owlkit.zoo.language_check import language_summary as language  # noqa: E402
 from owlkit.zoo.small import TARGETS  # noqa: E402
 from owlkit.zoo.small_model import TINY_ASSETS, assemble_base  # noqa: E402
 from owlkit.zoo.synth_eval import evaluate_synth  # noqa: E402
 
-
-
-def language(owl) -> dict:
-    general = ask_general(owl)
-    return {"general_correct": general["correct"], "general_total": general["total"], "perplexity": perplexity(owl)}
 
 
 def decode_speed(owl, tokens: int = 64) -> dict:

@@ -127,3 +127,25 @@ def test_owl_small_build_passes_its_options_to_the_build(monkeypatch):
                  "--stage2", "lora.r=4", "--stage2", "train.seed=3", "--no-install"]) == 0
     assert seen["out"] == "o" and seen["steps_scale"] == 0.5 and seen["install_assets"] is False
     assert seen["overrides"] == {"stage1": ["optim.lr=1e-4"], "stage2": ["lora.r=4", "train.seed=3"]}
+
+
+def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):
+    """Two builds with one seed give the same shipped bytes (a tiny GGUF stands in for SmolLM2,
+    one training step a stage); another seed gives other bytes."""
+    from owlkit.zoo import small as small_build
+
+    monkeypatch.setattr(small_build, "base_gguf", lambda: tiny_base)
+    # The tiny LLM finishes no sentence of its own: the text-only instructions are written here.
+    records = [{"id": f"general-{i}", "task": "general",
+                "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "the hat."}]}
+               for i, p in enumerate(general_prompts()[:8])]
+    shipped = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / name
+        out.mkdir()
+        (out / "general.json").write_text(json.dumps(records))
+        small_build.build(out, seed=seed, n_images=16, n_instruct=64, n_per_task=1, steps_scale=0.001,
+                          install_assets=False)
+        shipped[name] = {f: (out / "owl-small" / f).read_bytes() for f in (small.TRAINED_FILE, "config.json")}
+    assert shipped["a"] == shipped["b"]
+    assert shipped["a"][small.TRAINED_FILE] != shipped["c"][small.TRAINED_FILE]

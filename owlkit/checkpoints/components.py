@@ -122,8 +122,8 @@ def _clip_weights(path: Path, clip_cfg: dict, vision: dict) -> dict[str, torch.T
     return new
 
 
-def _llm_weights(llm: LanguageModel, layers: int, owl_version: int) -> dict[str, torch.Tensor]:
-    """The LLM in our names; v2 copies the text k/v projections and norms into the MAM's visual branch."""
+def _llm_weights(llm: LanguageModel, layers: int, modality_adaptive: bool) -> dict[str, torch.Tensor]:
+    """The LLM in our names; with the MAM the text k/v projections and norms are copied into its visual branch."""
     state, path = llm.state, llm.path
     new = {"language_model.embed_tokens.weight": _take(state, "model.embed_tokens.weight", path),
            "language_model.norm.weight": _take(state, "model.norm.weight", path)}
@@ -132,7 +132,7 @@ def _llm_weights(llm: LanguageModel, layers: int, owl_version: int) -> dict[str,
         for s in _LLAMA_LAYER:
             w = _take(state, f"model.layers.{i}.{s}", path)
             module = s.rsplit(".", 1)[0]
-            if owl_version == 2 and module in ("self_attn.k_proj", "self_attn.v_proj", "input_layernorm", "post_attention_layernorm"):
+            if modality_adaptive and module in ("self_attn.k_proj", "self_attn.v_proj", "input_layernorm", "post_attention_layernorm"):
                 # The paper initialises the visual branch of the MAM from the text branch.
                 new[f"language_model.layers.{i}.{module}.text.weight"] = w
                 new[f"language_model.layers.{i}.{module}.visual.weight"] = w.clone()
@@ -151,8 +151,14 @@ def build_from_components(
     abstractor_intermediate_size: int | None = None,
     image_size: int | None = None,
     seed: int = 0,
+    modality_adaptive: bool | None = None,
+    projector: str = "abstractor",
 ):
     """A new OwlForCausalLM: the LLM's and the encoder's weights, a new abstractor (seeded init).
+
+    ``modality_adaptive`` (default: mPLUG-Owl2 has the module, mPLUG-Owl not) and ``projector``
+    (``"abstractor"``, or ``"linear"``: every patch through one linear layer) build the
+    variants docs/paper-claims.md compares.
 
     ``llm_path``: a HF LLaMA folder, a ``.gguf`` file, or a :class:`~owlkit.checkpoints.llm.LanguageModel`
     already read. ``vision_path``: a HF CLIP (vision) folder or an owlkit model folder whose
@@ -167,18 +173,19 @@ def build_from_components(
         "num_attention_heads": abstractor_heads or vision["num_attention_heads"],
         "intermediate_size": abstractor_intermediate_size or int(2 * 4 * width / 3 + 255) // 256 * 256,
         "num_queries": num_queries, "pos_embed": "sincos" if owl_version == 2 else "none",
-        "grid_size": vision["image_size"] // vision["patch_size"],
+        "grid_size": vision["image_size"] // vision["patch_size"], "projector": projector,
     }
+    modality_adaptive = owl_version == 2 if modality_adaptive is None else bool(modality_adaptive)
     config = OwlConfig(
         vision_config=vision, abstractor_config=abstractor, text_config=text.to_dict(),
-        owl_version=owl_version, modality_adaptive=owl_version == 2,
+        owl_version=owl_version, modality_adaptive=modality_adaptive,
         image_aspect_ratio="resize" if owl_version == 2 else "stretch",
         tie_word_embeddings=bool(text.tie_word_embeddings),
     )
     torch.manual_seed(seed)
     model = OwlForCausalLM(config)
     state = model.state_dict()
-    new = {**vision_state, **_llm_weights(llm, text.num_hidden_layers, owl_version)}
+    new = {**vision_state, **_llm_weights(llm, text.num_hidden_layers, modality_adaptive)}
     for key, value in new.items():
         if key not in state:
             raise CheckpointError(f"{key}: no such weight in the model being built")

@@ -66,8 +66,10 @@ def _model_settings(folder: Path) -> tuple[int, int]:
         raise InputError(f"{path}: cannot read JSON ({exc})") from None
     model_type = str(config.get("model_type", ""))
     if model_type == "owlkit":
-        queries = (config.get("abstractor_config") or {}).get("num_queries", 64)
-        return int(config.get("owl_version", 2)), int(queries) + 1
+        abstractor = config.get("abstractor_config") or {}
+        if abstractor.get("projector") == "linear":  # one position per patch
+            return int(config.get("owl_version", 2)), int(abstractor.get("grid_size", 16)) ** 2
+        return int(config.get("owl_version", 2)), int(abstractor.get("num_queries", 64)) + 1
     if model_type in ("mplug-owl", "mplug_owl"):
         return 1, int(config.get("num_query_tokens", 64)) + 1
     abstractor = (config.get("visual_config") or {}).get("visual_abstractor") or {}

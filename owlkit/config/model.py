@@ -25,6 +25,10 @@ from owlkit.config import IMAGE_TOKEN_INDEX
 from owlkit.errors import ConfigError
 
 
+#: What turns the encoder's tokens into decoder positions (``abstractor_config.projector``).
+PROJECTORS = ("abstractor", "linear")
+
+
 class OwlVisionConfig(PreTrainedConfig):
     """CLIP ViT as both official generations build it (pre-LN, CLS token, post-LN on all tokens)."""
 
@@ -78,6 +82,10 @@ class OwlAbstractorConfig(PreTrainedConfig):
     use_cls_token: bool = True
     #: Output width (the language model's hidden size); set by OwlConfig.
     text_hidden_size: int = 4096
+    #: "abstractor" (both papers: ``num_queries`` learnable queries + ``vit_eos``) or "linear"
+    #: (LLaVA's choice, owlkit's own for comparisons: every patch token through one linear
+    #: layer, no CLS row, no queries; no official format holds it).
+    projector: str = "abstractor"
 
 
 class OwlConfig(PreTrainedConfig):
@@ -121,12 +129,19 @@ class OwlConfig(PreTrainedConfig):
             self.text_config = LlamaConfig(**text)
         # The abstractor projects into the decoder's width.
         self.abstractor_config.text_hidden_size = self.text_config.hidden_size
+        if self.abstractor_config.projector not in PROJECTORS:
+            raise ConfigError(f"abstractor_config.projector {self.abstractor_config.projector!r} is not one of "
+                              f"{', '.join(PROJECTORS)}")
         super().__post_init__(**kwargs)
 
     @property
     def tokens_per_image(self) -> int:
-        """Decoder positions per image: the abstractor's queries plus the learned ``vit_eos``."""
-        return self.abstractor_config.num_queries + 1
+        """Decoder positions per image: the abstractor's queries plus the learned ``vit_eos``;
+        with a linear projector, one per patch of the configured image size."""
+        a = self.abstractor_config
+        if a.projector == "linear":
+            return a.grid_size**2
+        return a.num_queries + 1
 
     @property
     def placeholder_id(self) -> int:

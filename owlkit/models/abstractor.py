@@ -20,6 +20,10 @@ Otherwise they are computed: in float64, rounded once to float32, so the table i
 whatever numpy or libm does with float32 sin/cos (the official code computes in float32 numpy,
 whose last bit changes between numpy versions). For another image size the 2-D table is
 rebuilt for the actual grid.
+
+:class:`LinearProjector` is the alternative both papers argue against (LLaVA's choice): every
+patch token through one linear layer, so an image costs as many decoder positions as it has
+patches (``abstractor_config.projector = "linear"``; docs/paper-claims.md compares the two).
 """
 
 from __future__ import annotations
@@ -161,3 +165,25 @@ class VisualAbstractor(nn.Module):
                 x = layer(x, image_tokens, q_pos, k_pos)
         x = self.visual_fc(x)
         return torch.cat([x, self.vit_eos.expand(x.shape[0], -1, -1)], dim=1)
+
+
+class LinearProjector(nn.Module):
+    """Every patch token (the CLS row dropped) projected to the decoder width by one linear layer."""
+
+    def __init__(self, config: OwlAbstractorConfig):
+        super().__init__()
+        self.config = config
+        self.visual_fc = nn.Linear(config.encoder_hidden_size, config.text_hidden_size)
+        self.gradient_checkpointing = False
+
+    def forward(self, image_tokens: torch.Tensor, grid_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """[N, cls + Gh*Gw, Dv] -> [N, Gh*Gw, D_text]."""
+        patches = image_tokens[:, 1:] if self.config.use_cls_token else image_tokens
+        return self.visual_fc(patches)
+
+
+def visual_projector(config: OwlAbstractorConfig, fp32_layernorm: bool = False) -> nn.Module:
+    """The module ``config.projector`` names (the model's ``abstractor`` either way)."""
+    if config.projector == "linear":
+        return LinearProjector(config)
+    return VisualAbstractor(config, fp32_layernorm)

@@ -30,7 +30,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from owlkit.config import IGNORE_INDEX, OwlConfig
 from owlkit.errors import InputError, OwlError
 from owlkit.models import cpu_decoding
-from owlkit.models.abstractor import VisualAbstractor
+from owlkit.models.abstractor import VisualAbstractor, visual_projector
 from owlkit.models.decoder import OwlDecoder
 from owlkit.models.feature_cache import FeatureCache
 from owlkit.models.splice import Expanded, expand_placeholders
@@ -108,7 +108,7 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
     def __init__(self, config: OwlConfig):
         super().__init__(config)
         self.vision = VisionEncoder(config.vision_config)
-        self.abstractor = VisualAbstractor(config.abstractor_config, config.vision_config.fp32_layernorm)
+        self.abstractor = visual_projector(config.abstractor_config, config.vision_config.fp32_layernorm)
         self.language_model = OwlDecoder(config.text_config, config.modality_adaptive)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()

@@ -67,3 +67,9 @@ def perplexity(owl, text: str | None = None) -> float:
         logits = model(input_ids=x).logits[0, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits, x[0, 1:])
     return math.exp(nll.item())
+
+
+def language_summary(owl) -> dict:
+    """Both measures in one record: ``general_correct``, ``general_total``, ``perplexity``."""
+    general = ask_general(owl)
+    return {"general_correct": general["correct"], "general_total": general["total"], "perplexity": perplexity(owl)}

@@ -40,12 +40,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from owlkit.errors import CheckpointError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
 from owlkit.training import train
 from owlkit.training.recipe import RECIPE_DIR, load_recipe
 from owlkit.weight_files import read_state_dict
-from owlkit.zoo.language_check import ask_general, perplexity
+from owlkit.zoo.language_check import language_summary
 from owlkit.zoo.small_model import (
     ABSTRACTOR,
     BASE_FILE,
@@ -117,6 +118,9 @@ def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size
     records = [{"id": f"general-{i}", "task": "general",
                 "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": r.strip()}]}
                for i, (p, r) in enumerate(zip(prompts, replies)) if r.strip().endswith((".", "!", "?"))]
+    if not records:
+        raise CheckpointError(f"the base LLM finished none of the {len(prompts)} text-only instructions within "
+                            f"{max_new_tokens} tokens; stage 2 needs them: is it an instruct (chat) model?")
     out.write_text(json.dumps(records, indent=1))
     log(f"{len(records)} of {len(prompts)} text-only instructions answered by the base LLM")
     return out
@@ -125,6 +129,32 @@ def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size
 # ---------------------------------------------------------------------------------------------
 # The build
 # ---------------------------------------------------------------------------------------------
+
+
+def train_stage(recipe: str, run: Path, seed: int, steps_scale: float, sets: list[str]) -> Path:
+    """One stage of owl-small's build: the packaged recipe with the run's paths, seed and steps
+    (the recipe's steps times ``steps_scale``) and then ``sets`` (later overrides win); the
+    run's ``final`` folder."""
+    steps = load_recipe(RECIPE_DIR / f"{recipe}.yaml")["train"]["steps"]
+    sets = [f"train.steps={max(1, int(steps * steps_scale))}", f"train.seed={seed}", f"output_dir={run}", *sets]
+    shutil.rmtree(run, ignore_errors=True)
+    log(f"training {recipe} {' '.join(sets)}")
+    return train(recipe, sets).final_dir
+
+
+def stage2_sources(stage1: Path, world: Path, general: Path) -> list[str]:
+    """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``)."""
+    instruct = world / "instruct.json"
+    return [f"model.init={stage1}", f"data.sources.0.path={instruct}", f"data.sources.1.path={general}",
+            f"data.sources.2.path={instruct}"]
+
+
+def ensure_general(general: Path, init: Path) -> Path:
+    """The self-distilled text instructions at ``general``, written by the base in ``init`` unless
+    already there (the base's replies are deterministic: a rebuild reuses them)."""
+    if not _holds_prompts(general):
+        general_instructions(Owl.load(init, dtype="float32"), general)
+    return general
 
 
 def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
@@ -139,30 +169,18 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     world = out / "world"
     ensure_world(world, seed, n_images, n_instruct)
     init = assemble_base(out / "init", seed)
-    general = out / "general.json"
-    if not _holds_prompts(general):  # the base's replies are deterministic: a rebuild reuses them
-        general_instructions(Owl.load(init, dtype="float32"), general)
+    general = ensure_general(out / "general.json", init)
 
-    def stage(recipe: str, key: str, sets: list[str]) -> Path:
-        steps = load_recipe(RECIPE_DIR / f"{recipe}.yaml")["train"]["steps"]
-        sets = sets + [f"train.steps={max(1, int(steps * steps_scale))}", f"train.seed={seed}",
-                       f"output_dir={out / key}"] + list(overrides.get(key, []))
-        shutil.rmtree(out / key, ignore_errors=True)
-        log(f"training {recipe} {' '.join(sets)}")
-        return train(recipe, sets).final_dir
-
-    stage1 = stage("owl_small_stage1", "stage1", [f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}"])
-    stage2 = stage("owl_small_stage2", "stage2", [
-        f"model.init={stage1}", f"data.sources.0.path={world / 'instruct.json'}", f"data.sources.1.path={general}",
-        f"data.sources.2.path={world / 'instruct.json'}"])
+    stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
+        f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}", *overrides.get("stage1", [])])
+    stage2 = train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [
+        *stage2_sources(stage1, world, general), *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, stage1, stage2, out / "stage2", folder)
     log("evaluating the installed model on a held-out world and the language check")
     owl = Owl.load(small_folder(folder, rebuild=True), dtype="float32")
     result = evaluate_synth(owl, eval_seed, n_per_task, batch_size=32, targets=TARGETS)
-    language = ask_general(owl)
-    result["language"] = {"general_correct": language["correct"], "general_total": language["total"],
-                          "perplexity": perplexity(owl)}
+    result["language"] = language_summary(owl)
     (out / "eval.md").write_text(markdown(result) + "\n")
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / "eval.json").write_text(json.dumps({"tasks": result["tasks"], "language": result["language"]}, indent=2) + "\n")

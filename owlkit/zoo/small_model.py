@@ -73,10 +73,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def assemble_base(out: Path, seed: int = 0) -> Path:
-    """SmolLM2 + owl-tiny's encoder + a new abstractor, as an owlkit folder (the build's start)."""
+def assemble_base(out: Path, seed: int = 0, **options) -> Path:
+    """SmolLM2 + owl-tiny's encoder + a new abstractor, as an owlkit folder (the build's start).
+
+    ``options`` go to :func:`build_from_components` (``modality_adaptive``, ``projector``: the
+    variants of docs/paper-claims.md)."""
     llm = read_language_model(base_gguf())
-    model = build_from_components(llm, TINY_ASSETS, seed=seed, **ABSTRACTOR)
+    model = build_from_components(llm, TINY_ASSETS, seed=seed, **ABSTRACTOR, **options)
     return save_built(model, llm, TINY_ASSETS, out)
 
 
