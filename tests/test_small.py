@@ -147,5 +147,11 @@ def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):
         small_build.build(out, seed=seed, n_images=16, n_instruct=64, n_per_task=1, steps_scale=0.001,
                           install_assets=False)
         shipped[name] = {f: (out / "owl-small" / f).read_bytes() for f in (small.TRAINED_FILE, "config.json")}
+        # the world's short-answer questions carry the prompt the shipped config names
+        config = json.loads(shipped[name]["config.json"])
+        for record in json.loads((out / "world" / "instruct_short.json").read_text()):
+            human = [t["value"] for t in record["conversations"] if t["from"] == "human"]
+            assert all(h.endswith(small.SHORT_ANSWER_PROMPT) for h in human) == (record["task"] != "caption")
+        assert config["short_answer_prompt"] == small.SHORT_ANSWER_PROMPT
     assert shipped["a"] == shipped["b"]
     assert shipped["a"][small.TRAINED_FILE] != shipped["c"][small.TRAINED_FILE]

@@ -116,3 +116,37 @@ def test_tiny_build_reuses_its_world_only_when_made_with_the_same_settings(tmp_p
     assert (world / "instruct.json").stat().st_mtime_ns == stamp
     assert ensure_world(world, seed=3, n_images=12, n_instruct=60)  # other settings: written again
     assert len(json.loads((world / "instruct.json").read_text())) == 60
+
+
+def test_a_short_answer_prompt_follows_the_world_questions(tmp_path, capsys):
+    """A model trained with a short-answer prompt (owl-small) is asked with it: by owl eval synth,
+    by owl demo on the example scenes; captions and questions without an image go as they are."""
+    import shutil
+
+    from owlkit.inference import Owl, bundled_model_path
+    from owlkit.zoo.synth_eval import conversation, evaluate_synth, with_short_answer_prompt
+    from owlkit.zoo.world import make_eval_set
+
+    prompt = "Answer the question using a single word or phrase."
+    turns = [{"from": "human", "value": "<image>\nWhere?"}, {"from": "gpt", "value": "top"}, {"from": "human", "value": "And?"}]
+    hinted = with_short_answer_prompt(turns, prompt, "multiturn")
+    assert [t["value"] for t in hinted] == [f"<image>\nWhere? {prompt}", "top", f"And? {prompt}"]
+    assert with_short_answer_prompt(turns, prompt, "caption") == turns and with_short_answer_prompt(turns, None, "read") == turns
+    sample = make_eval_set(3, 1, image_size=112, tasks=["colour"])[0]
+    assert conversation(sample, short_answer_prompt=prompt)[-1]["content"][-1]["text"].endswith(f"? {prompt}")
+
+    folder = tmp_path / "m"
+    shutil.copytree(bundled_model_path(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "short_answer_prompt": prompt}))
+    owl_model = Owl.load(folder)
+    asked = []
+    owl_model.generate_batch = lambda convs, **kw: asked.extend(convs) or ["x"] * len(convs)
+    result = evaluate_synth(owl_model, 5, 1)
+    assert result["short_answer_prompt"] == prompt and len(asked) == len(result["examples"])
+    for conv, example in zip(asked, result["examples"]):
+        assert conv[-1]["content"][-1]["text"].endswith(prompt) == (example["task"] != "caption")
+    assert owl(["demo", "--model", str(folder), "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"? {prompt}\n") == len(json.loads((bundled_model_path().parent / "examples" / "questions.json").read_text()))
+    assert f"[no image] What is the capital of France?\n" in out

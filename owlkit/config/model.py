@@ -112,6 +112,10 @@ class OwlConfig(PreTrainedConfig):
     #: "vicuna_v1", or "chat_template" (the tokenizer's own); None: the generation's official one.
     conversation_template: str | None = None
     tie_word_embeddings: bool = False
+    #: The instruction the model learned to answer short with (LLaVA-1.5 and mPLUG-Owl2 append
+    #: "Answer the question using a single word or phrase." to their short-answer VQA data):
+    #: ``owl eval synth`` appends it to the world's questions. None: the questions as they are.
+    short_answer_prompt: str | None = None
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:

@@ -52,6 +52,7 @@ from owlkit.zoo.small_model import (
     BASE_FILE,
     BASE_WHEEL,
     MANIFEST,
+    SHORT_ANSWER_PROMPT,
     SMALL_ASSETS,
     TINY_ASSETS,
     TRAINED_FILE,
@@ -61,7 +62,7 @@ from owlkit.zoo.small_model import (
     log,
     small_folder,
 )
-from owlkit.zoo.synth_eval import evaluate_synth, markdown
+from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
 from owlkit.zoo.tiny import ensure_world
 
 
@@ -142,9 +143,23 @@ def train_stage(recipe: str, run: Path, seed: int, steps_scale: float, sets: lis
     return train(recipe, sets).final_dir
 
 
-def stage2_sources(stage1: Path, world: Path, general: Path) -> list[str]:
-    """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``)."""
-    instruct = world / "instruct.json"
+def short_answer_instructions(world: Path, prompt: str | None) -> Path:
+    """The world's instructions with ``prompt`` after every short-answer question
+    (``instruct_short.json`` beside them); the world's own file when ``prompt`` is None."""
+    if not prompt:
+        return world / "instruct.json"
+    records = json.loads((world / "instruct.json").read_text())
+    for record in records:
+        record["conversations"] = with_short_answer_prompt(record["conversations"], prompt, record.get("task", ""))
+    out = world / "instruct_short.json"
+    out.write_text(json.dumps(records, indent=1))
+    return out
+
+
+def stage2_sources(stage1: Path, world: Path, general: Path, instruct: Path | None = None) -> list[str]:
+    """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``);
+    ``instruct``: the world's instructions to use (default ``instruct.json``)."""
+    instruct = instruct or world / "instruct.json"
     return [f"model.init={stage1}", f"data.sources.0.path={instruct}", f"data.sources.1.path={general}",
             f"data.sources.2.path={instruct}"]
 
@@ -168,13 +183,14 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     start = time.perf_counter()
     world = out / "world"
     ensure_world(world, seed, n_images, n_instruct)
-    init = assemble_base(out / "init", seed)
+    init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT)
     general = ensure_general(out / "general.json", init)
+    instruct = short_answer_instructions(world, SHORT_ANSWER_PROMPT)
 
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
         f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}", *overrides.get("stage1", [])])
     stage2 = train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [
-        *stage2_sources(stage1, world, general), *overrides.get("stage2", [])])
+        *stage2_sources(stage1, world, general, instruct), *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, stage1, stage2, out / "stage2", folder)
     log("evaluating the installed model on a held-out world and the language check")

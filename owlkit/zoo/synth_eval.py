@@ -19,14 +19,23 @@ TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.85, "position": 0.85, "rela
            "read": 0.80, "compare": 0.80, "text": 0.90}
 
 
-def conversation(sample, described: bool = False) -> list[dict]:
+def with_short_answer_prompt(turns: list[dict], prompt: str | None, task: str) -> list[dict]:
+    """LLaVA-style turns with ``prompt`` after every question of a short-answer task (every
+    task of the world but ``caption``); unchanged when ``prompt`` is None."""
+    if not prompt or task == "caption":
+        return turns
+    return [dict(t, value=f"{t['value']} {prompt}") if t["from"] == "human" else t for t in turns]
+
+
+def conversation(sample, described: bool = False, short_answer_prompt: str | None = None) -> list[dict]:
     """An EvalSample's turns up to the scored question, as OpenAI-style messages.
 
     With ``described`` each image is replaced by its scene's caption (text only, see
     :func:`owlkit.zoo.world.described`): the model's language side answers from a perfect
     description, which tells how much of the error is the seeing and how much the reasoning.
+    ``short_answer_prompt`` follows every question (:func:`with_short_answer_prompt`).
     """
-    turns = sample.conversations[:-1]
+    turns = with_short_answer_prompt(sample.conversations[:-1], short_answer_prompt, sample.task)
     roles = ["user" if turn["from"] == "human" else "assistant" for turn in turns]
     if described:
         texts = described_turns([turn["value"] for turn in turns], sample.scenes)
@@ -47,11 +56,13 @@ def evaluate_synth(owl, seed: int, n_per_task: int = 50, batch_size: int = 16, p
 
     ``described``: ask every question with the images replaced by their captions (see
     :func:`conversation`); the result says so (``"described": true``). ``targets``: the accuracy
-    targets shown next to each task (default: owl-tiny's).
+    targets shown next to each task (default: owl-tiny's). A model whose config names a
+    ``short_answer_prompt`` is asked with it after each question, as it was trained.
     """
     size = owl.model.config.vision_config.image_size
+    prompt = getattr(owl.model.config, "short_answer_prompt", None)
     samples = make_eval_set(seed, n_per_task, image_size=size)
-    answers = owl.generate_batch([conversation(s, described) for s in samples], batch_size=batch_size,
+    answers = owl.generate_batch([conversation(s, described, prompt) for s in samples], batch_size=batch_size,
                                  progress=progress, max_new_tokens=max_new_tokens)
     right: dict[str, list[bool]] = defaultdict(list)
     examples = []
@@ -62,7 +73,7 @@ def evaluate_synth(owl, seed: int, n_per_task: int = 50, batch_size: int = 16, p
                          "answer": sample.answer, "prediction": answer, "correct": ok})
     tasks = {t: {"accuracy": sum(v) / len(v), "n": len(v), "target": (TARGETS if targets is None else targets).get(t)}
              for t, v in sorted(right.items())}
-    return {"seed": seed, "described": described, "tasks": tasks, "examples": examples}
+    return {"seed": seed, "described": described, "short_answer_prompt": prompt, "tasks": tasks, "examples": examples}
 
 
 def markdown(result: dict) -> str:
