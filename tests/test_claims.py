@@ -90,6 +90,9 @@ def test_the_summary_gives_mean_and_range_over_seeds():
     assert "| linear-projector | 0, 1 | 85 (80–90) |" in text and text.rstrip().endswith("(not measured)") is False
     assert "| baseline | 0, 1 | 60 (50–70) |" in text and "42.0 (40.0–44.0) | 18.50 (18.00–19.00) | 17 |" in text
     assert "no-mam" not in text  # a variant not measured has no row
+    with_reference = claims.markdown(summary, ["mam"], {t: 0.25 for t in claims.TASKS})
+    row = next(line for line in with_reference.splitlines() if "most common answer" in line)
+    assert row.count("|") == with_reference.splitlines()[4].count("|") and "| 25 | 25 |" in row
 
 
 def test_claims_need_the_baseline_first_and_known_names():

@@ -140,8 +140,9 @@ def _cell(stat: dict, percent: bool = False, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})" if stat["n"] > 1 else f"{mean:.{digits}f}"
 
 
-def markdown(summary: dict, claims: list[str]) -> str:
-    """One table per claim: accuracy per task (%), general questions and perplexity; mean (min–max)."""
+def markdown(summary: dict, claims: list[str], reference: dict[str, float] | None = None) -> str:
+    """One table per claim: accuracy per task (%), general questions and perplexity; mean (min–max).
+    ``reference``: per task, the share of the most common answer (a first row)."""
     lines = []
     for key in claims:
         claim = CLAIMS[key]
@@ -156,6 +157,10 @@ def markdown(summary: dict, claims: list[str]) -> str:
         if key == "projector":
             head += ["tokens per image"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        if reference:
+            visual = statistics.fmean(reference[t] for t in VISUAL_TASKS)
+            cells = [f"{100 * reference[t]:.0f}" if t in reference else "–" for t in TASKS] + [f"{100 * visual:.0f}"]
+            lines.append("| " + " | ".join(["*most common answer*", "–", *cells] + ["–"] * (len(head) - 2 - len(cells))) + " |")
         for name in names:
             s = summary[name]
             row = [name, ", ".join(map(str, s["seeds"]))]

@@ -25,7 +25,8 @@ from owlkit.zoo.language_check import language_summary
 from owlkit.zoo.small import TARGETS, ensure_general, stage2_sources, train_stage
 from owlkit.zoo.small_model import assemble_base, log
 from owlkit.zoo.synth_eval import evaluate_synth
-from owlkit.zoo.tiny import ensure_world
+from owlkit.zoo.tiny import IMAGE_SIZE, ensure_world
+from owlkit.zoo.world import make_eval_set
 
 
 def _overrides(variant: Variant, stage: str, world: Path, threads: int | None) -> list[str]:
@@ -94,7 +95,21 @@ def run_claims(claims: list[str], seeds: list[int], out: str | Path, **options) 
     names = variants_of(claims)
     results = [run_variant(name, seed, out, **options) for seed in seeds for name in names]
     summary = summarise(results)
-    (out / "claims.json").write_text(json.dumps({"results": results, "summary": summary}, indent=2) + "\n")
-    text = markdown(summary, claims)
+    reference = most_common_answer(options.get("eval_seed", 2000), options.get("n_per_task", 50))
+    (out / "claims.json").write_text(json.dumps({"results": results, "summary": summary, "most_common_answer": reference},
+                                                indent=2) + "\n")
+    text = markdown(summary, claims, reference)
     (out / "claims.md").write_text(text + "\n")
     return {"results": results, "summary": summary, "markdown": text}
+
+
+def most_common_answer(eval_seed: int, n_per_task: int) -> dict[str, float]:
+    """Per task, the share of the held-out questions the most common answer gets right: what a
+    model that ignores the image and the question would score."""
+    from collections import Counter
+
+    samples = make_eval_set(eval_seed, n_per_task, image_size=IMAGE_SIZE)
+    answers: dict[str, list[str]] = {}
+    for sample in samples:
+        answers.setdefault(sample.task, []).append(sample.answer)
+    return {task: Counter(a).most_common(1)[0][1] / len(a) for task, a in answers.items()}
