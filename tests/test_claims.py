@@ -20,7 +20,7 @@ from owlkit.errors import CheckpointError, ConfigError
 from owlkit.training.recipe import load_recipe
 from owlkit.zoo import claims, claims_run
 from owlkit.zoo import small_model
-from owlkit.zoo.small import general_prompts
+from owlkit.zoo.small import general_prompts, general_prompts_key
 
 BUNDLED = Path(__file__).resolve().parents[1] / "owlkit" / "assets" / "owl-tiny"
 
@@ -106,12 +106,14 @@ def test_claims_need_the_baseline_first_and_known_names():
 def test_every_variant_builds_and_is_measured(gguf, tmp_path, monkeypatch):
     """Each variant through the real recipes and training loop, one step a stage, on a tiny world."""
     monkeypatch.setattr(small_model, "base_gguf", lambda: gguf)
+    monkeypatch.setattr(claims_run, "SHORT_ANSWER_PROMPT", "Short.")  # the tiny LLM's context is 256 positions
     out = tmp_path / "claims"
     out.mkdir()
     # The tiny LLM finishes no sentence: the text-only instructions are written here instead.
     (out / "general.json").write_text(json.dumps([
         {"id": f"general-{i}", "task": "general", "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "the hat."}]}
         for i, p in enumerate(general_prompts()[:8])]))
+    (out / "general.json.prompts").write_text(general_prompts_key())
     options = dict(steps_scale=0.001, n_per_task=1, n_images=16, n_instruct=64)
     result = claims_run.run_claims(list(claims.CLAIMS), [0], out, **options)
     runs = {r["variant"]: r for r in result["results"]}
@@ -125,7 +127,7 @@ def test_every_variant_builds_and_is_measured(gguf, tmp_path, monkeypatch):
     # multimodal-only trained from the baseline's stage 1 on world images only
     recipe = load_recipe(out / "multimodal-only-seed0" / "stage2" / "recipe.yaml")
     assert recipe["model"]["init"].endswith("baseline-seed0/stage1/final")
-    assert [Path(s["path"]).name for s in recipe["data"]["sources"]] == ["instruct.json", "instruct.json"]
+    assert [Path(s["path"]).name for s in recipe["data"]["sources"]] == ["instruct_short.json", "instruct_short.json"]
     assert all("text" not in s["tasks"] for s in recipe["data"]["sources"])
     assert not (out / "multimodal-only-seed0" / "stage1").exists()  # none of its own
     # what trained: the encoder in vision-trained (both stages), the LLM in llm-trained-stage1's stage 1

@@ -16,7 +16,7 @@ from helpers_gguf import tiny_llama, write_gguf
 from owlkit.errors import CheckpointError
 from owlkit.zoo import bundled
 from owlkit.zoo import small_model as small
-from owlkit.zoo.small import general_prompts
+from owlkit.zoo.small import general_prompts, general_prompts_key
 
 
 @pytest.fixture()
@@ -144,6 +144,7 @@ def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):
         out = tmp_path / name
         out.mkdir()
         (out / "general.json").write_text(json.dumps(records))
+        (out / "general.json.prompts").write_text(general_prompts_key())
         small_build.build(out, seed=seed, n_images=16, n_instruct=64, n_per_task=1, steps_scale=0.001,
                           install_assets=False)
         shipped[name] = {f: (out / "owl-small" / f).read_bytes() for f in (small.TRAINED_FILE, "config.json")}

@@ -22,15 +22,15 @@ from owlkit.inference import Owl
 from owlkit.training.lora import merge_lora
 from owlkit.zoo.claims import VARIANTS, Variant, markdown, summarise, variants_of
 from owlkit.zoo.language_check import language_summary
-from owlkit.zoo.small import TARGETS, ensure_general, stage2_sources, train_stage
-from owlkit.zoo.small_model import assemble_base, log
+from owlkit.zoo.small import TARGETS, ensure_general, short_answer_instructions, stage2_sources, train_stage
+from owlkit.zoo.small_model import SHORT_ANSWER_PROMPT, assemble_base, log
 from owlkit.zoo.synth_eval import evaluate_synth
 from owlkit.zoo.tiny import IMAGE_SIZE, ensure_world
 from owlkit.zoo.world import make_eval_set
 
 
-def _overrides(variant: Variant, stage: str, world: Path, threads: int | None) -> list[str]:
-    path = json.dumps(str(world / "instruct.json"))  # a YAML string whatever the path holds
+def _overrides(variant: Variant, stage: str, instruct: Path, threads: int | None) -> list[str]:
+    path = json.dumps(str(instruct))  # a YAML string whatever the path holds
     sets = [s.replace("PATH", path) for s in getattr(variant, stage)]
     return sets + ([f"train.threads={threads}"] if threads else [])
 
@@ -51,8 +51,9 @@ def run_variant(name: str, seed: int, out: str | Path, *, steps_scale: float = 0
     start = time.perf_counter()
     world = out / f"world-seed{seed}"
     ensure_world(world, seed, n_images, n_instruct)
-    init = assemble_base(folder / "init", seed, **variant.base)
+    init = assemble_base(folder / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT, **variant.base)
     general = ensure_general(out / "general.json", init)
+    instruct = short_answer_instructions(world, SHORT_ANSWER_PROMPT)
     result: dict = {"variant": name, "seed": seed, "steps_scale": steps_scale, "eval_seed": eval_seed,
                     "n_per_task": n_per_task, "what": variant.what}
     if variant.stage1_from:
@@ -64,12 +65,12 @@ def run_variant(name: str, seed: int, out: str | Path, *, steps_scale: float = 0
     else:
         stage1 = train_stage("owl_small_stage1", folder / "stage1", seed, steps_scale, [
             f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}",
-            *_overrides(variant, "stage1", world, threads)])
+            *_overrides(variant, "stage1", instruct, threads)])
     if variant.check_stage1:
         log(f"{name} seed {seed}: the language check after stage 1")
         result["language_stage1"] = language_summary(Owl.load(stage1, dtype="float32"))
     train_stage("owl_small_stage2", folder / "stage2", seed, steps_scale, [
-        *stage2_sources(stage1, world, general), *_overrides(variant, "stage2", world, threads)])
+        *stage2_sources(stage1, world, general, instruct), *_overrides(variant, "stage2", instruct, threads)])
     merged = merge_lora(folder / "stage2", folder / "merged")
     owl = Owl.load(merged, dtype="float32")
     log(f"{name} seed {seed}: evaluating on the held-out world (seed {eval_seed}) and the language check")

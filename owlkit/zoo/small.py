@@ -32,6 +32,7 @@ docs/owl-small.md has the results.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -90,20 +91,49 @@ REQUESTS = (
 )
 
 
+#: Short factual questions the base answers in its own words ("The capital of Peru is Lima.").
+#: The world's text questions look the same but want one word; with these beside them (and the
+#: short-answer prompt on the world's questions) the LLM keeps answering general questions in
+#: sentences. None is a question of the language check.
+FACT_QUESTIONS = (
+    *(f"What is the capital of {c}?" for c in ("Peru", "Kenya", "Norway", "Sweden", "Portugal", "Argentina", "India",
+                                               "Brazil", "Mexico", "Turkey", "Poland", "Ireland")),
+    *(f"How many legs does a {a} have?" for a in ("dog", "bird", "horse", "chicken", "cow")),
+    *(f"What colour is {x}?" for x in ("grass", "snow", "a tomato", "coal", "an orange")),
+    *(f"What is {x}?" for x in ("3 plus 4", "6 minus 2", "7 times 3", "9 plus 1", "8 minus 5")),
+    *(f"What is the opposite of {x}?" for x in ("big", "fast", "day", "left", "open", "cold")),
+    *(f"Which animal {x}?" for x in ("says moo", "has a trunk", "has black and white stripes", "gives us wool",
+                                     "lives in a hive")),
+    *(f"How many {x}?" for x in ("wheels does a bicycle have", "days are there in a year", "seasons are there in a year",
+                                 "letters are in the English alphabet", "players are on a football team")),
+    "What is the largest country in the world?", "What is the largest continent?", "Who wrote Hamlet?",
+    "Who painted The Starry Night?", "Who discovered penicillin?", "What is the chemical symbol for iron?",
+    "What is the chemical symbol for oxygen?", "Which planet has large rings?", "Which planet is the third from the Sun?",
+    "What do cows drink?", "What do we use to write on paper?", "Where do fish live?", "What do birds build to lay eggs?",
+    "What is the boiling point of water in degrees Celsius?", "What is the freezing point of water in degrees Fahrenheit?",
+    "What is the capital city of the United States?", "What language is spoken in France?",
+    "What is the currency of the United States?",
+)
+
+
 #: owl-small's accuracy targets on a held-out world (benchmarks/small.py measures them).
 TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.90, "position": 0.90, "relation": 0.85, "read": 0.90,
            "compare": 0.85, "multiturn": 0.85, "text": 0.90}
 
 
 def general_prompts() -> list[str]:
-    return [r.format(t=t) for t in TOPICS for r in REQUESTS]
+    return [r.format(t=t) for t in TOPICS for r in REQUESTS] + list(FACT_QUESTIONS)
+
+
+def general_prompts_key() -> str:
+    return hashlib.sha256("\n".join(general_prompts()).encode()).hexdigest()
 
 
 def _holds_prompts(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    asked = {r["conversations"][0]["value"] for r in json.loads(path.read_text())}
-    return asked <= set(general_prompts()) and len(asked) > 0
+    """Whether ``path`` holds the base's replies to exactly :func:`general_prompts` (the prompts'
+    hash is kept beside it: replies cut short are left out, so the file alone cannot tell)."""
+    stamp = path.with_name(path.name + ".prompts")
+    return path.is_file() and stamp.is_file() and stamp.read_text().strip() == general_prompts_key()
 
 
 def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size: int = 16) -> Path:
@@ -123,6 +153,7 @@ def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size
         raise CheckpointError(f"the base LLM finished none of the {len(prompts)} text-only instructions within "
                             f"{max_new_tokens} tokens; stage 2 needs them: is it an instruct (chat) model?")
     out.write_text(json.dumps(records, indent=1))
+    out.with_name(out.name + ".prompts").write_text(general_prompts_key() + "\n")
     log(f"{len(records)} of {len(prompts)} text-only instructions answered by the base LLM")
     return out
 
