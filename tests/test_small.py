@@ -162,3 +162,17 @@ def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):
         assert config["short_answer_prompt"] == small.SHORT_ANSWER_PROMPT
     assert shipped["a"] == shipped["b"]
     assert shipped["a"][small.TRAINED_FILE] != shipped["c"][small.TRAINED_FILE]
+
+
+def test_owl_eval_synth_shows_the_targets_of_the_model_it_evaluates(monkeypatch, capsys):
+    from owlkit.cli import main
+    from owlkit.commands import eval as eval_command
+    from owlkit.zoo import small as small_build
+
+    seen = []
+    monkeypatch.setattr(eval_command, "load_owl", lambda args: None)
+    monkeypatch.setattr("owlkit.zoo.synth_eval.evaluate_synth",
+                        lambda owl, *a, targets=None, **kw: seen.append(targets) or {"tasks": {}, "examples": []})
+    assert main(["eval", "synth", "--model", "owl-small", "--n-per-task", "1", "--quiet"]) == 0
+    assert main(["eval", "synth", "--model", "owl-tiny", "--n-per-task", "1", "--quiet"]) == 0
+    assert seen == [small_build.TARGETS, None]  # None: owl-tiny's, evaluate_synth's default

@@ -90,8 +90,11 @@ def _synth(args) -> int:
     if args.output:
         writable_folder(args.output, "--output")
     owl = load_owl(args)
+    targets = None  # owl-tiny's (evaluate_synth's default)
+    if model_name(args.model) == "owl-small":
+        from owlkit.zoo.small import TARGETS as targets  # torch: import only when the command runs
     result = evaluate_synth(owl, args.seed, args.n_per_task, batch_size=args.batch_size, progress=not args.quiet,
-                            described=args.described,
+                            described=args.described, targets=targets,
                             **({"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else {}))
     print(markdown(result))
     if args.output:
