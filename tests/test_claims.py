@@ -158,3 +158,17 @@ def test_the_command_refuses_mixed_options():
         done = subprocess.run([sys.executable, "-m", "owlkit.cli", "small", *args], capture_output=True, text=True)
         assert done.returncode != 0 and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_the_command_passes_variant_builds_their_defaults(monkeypatch, capsys):
+    from owlkit.cli import main
+
+    seen = []
+    monkeypatch.setattr(claims_run, "run_variant", lambda name, seed, out, **kw: seen.append((name, seed, out, kw)) or {"ok": 1})
+    monkeypatch.setattr(claims_run, "run_claims", lambda names, seeds, out, **kw: seen.append((names, seeds, out, kw)) or {"markdown": "T"})
+    assert main(["small", "build", "--variant", "no-mam", "--seed", "3"]) == 0
+    assert main(["small", "claims", "--claim", "mam", "--claim", "joint", "--seeds", "0", "1", "--threads", "1"]) == 0
+    (name, seed, out, kw), (names, seeds, out2, kw2) = seen
+    assert (name, seed, out) == ("no-mam", 3, "runs/claims") and kw["steps_scale"] == 0.1 and kw["n_per_task"] == 50
+    assert (names, seeds, out2) == (["mam", "joint"], [0, 1], "runs/claims") and kw2["threads"] == 1
+    assert '"ok": 1' in capsys.readouterr().out
