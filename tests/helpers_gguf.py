@@ -120,3 +120,15 @@ def write_gguf(model, path: Path, qtype: str = "F32", architecture: str = "llama
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_distilled_text(folder: Path) -> Path:
+    """``folder/general.json`` as owl-small's build would reuse it. The tiny LLM finishes no sentence
+    of its own, so the base's replies to the text-only instructions are written here instead."""
+    from owlkit.zoo.small import general_prompts, write_general
+
+    records = [{"id": f"general-{i}", "task": "general",
+                "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "the hat."}]}
+               for i, p in enumerate(general_prompts()[:8])]
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_general(records, folder / "general.json")

@@ -1,20 +1,15 @@
 """benchmarks/binding.py: the probe of how fast a decoder of owl-tiny's shape learns binding."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "binding.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("binding_probe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("binding")
 
 
 def test_stream_supervises_only_the_answers(probe):

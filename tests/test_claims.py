@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers_gguf import tiny_llama, write_gguf
+from helpers_gguf import tiny_llama, write_distilled_text, write_gguf
 from owlkit.checkpoints import load_model
 from owlkit.checkpoints.components import build_from_components, save_built
 from owlkit.checkpoints.official_config import config_to_official
@@ -20,7 +20,6 @@ from owlkit.errors import CheckpointError, ConfigError
 from owlkit.training.recipe import load_recipe
 from owlkit.zoo import claims, claims_run
 from owlkit.zoo import small_model
-from owlkit.zoo.small import general_prompts, general_prompts_key
 
 BUNDLED = Path(__file__).resolve().parents[1] / "owlkit" / "assets" / "owl-tiny"
 
@@ -53,6 +52,12 @@ def test_a_linear_projector_gives_one_decoder_position_per_patch(gguf, tmp_path)
         reference = model(input_ids=ids, pixel_values=pixels[:1])
     assert out.logits.shape[1] == 4 + grid * grid
     torch.testing.assert_close(out.logits, reference.logits)
+    # owl data check counts an image as the folder's config says, as loading reads it
+    from owlkit.commands.data import _model_settings
+
+    assert _model_settings(folder) == (2, grid * grid)
+    (tmp_path / "tokenizer_only").mkdir()
+    assert _model_settings(tmp_path / "tokenizer_only") == (2, 65)
 
 
 def test_variants_have_no_official_format(gguf):
@@ -108,12 +113,7 @@ def test_every_variant_builds_and_is_measured(gguf, tmp_path, monkeypatch):
     monkeypatch.setattr(small_model, "base_gguf", lambda: gguf)
     monkeypatch.setattr(claims_run, "SHORT_ANSWER_PROMPT", "Short.")  # the tiny LLM's context is 256 positions
     out = tmp_path / "claims"
-    out.mkdir()
-    # The tiny LLM finishes no sentence: the text-only instructions are written here instead.
-    (out / "general.json").write_text(json.dumps([
-        {"id": f"general-{i}", "task": "general", "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "the hat."}]}
-        for i, p in enumerate(general_prompts()[:8])]))
-    (out / "general.json.prompts").write_text(general_prompts_key())
+    write_distilled_text(out)
     options = dict(steps_scale=0.001, n_per_task=1, n_images=16, n_instruct=64)
     result = claims_run.run_claims(list(claims.CLAIMS), [0], out, **options)
     runs = {r["variant"]: r for r in result["results"]}

@@ -1,16 +1,11 @@
 """benchmarks/generate.py: batched generation against one-by-one, and its measured ceiling."""
 
-import importlib.util
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "generate.py"
+from helpers import load_benchmark
 
 
 def test_generate_benchmark_reports_the_ceiling():
     """benchmarks/generate.py on a small model: the three ways agree, and the ceiling is computed."""
-    spec = importlib.util.spec_from_file_location("generate_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("generate")
     result = bench.main(["--preset", "owl-tiny", "--questions", "4", "--batch-size", "2", "--max-new-tokens", "3",
                          "--rounds", "1", "--threads", "1"])
     row = result["rounds"][0]

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers_gguf import tiny_llama, write_gguf
+from helpers_gguf import tiny_llama, write_distilled_text, write_gguf
 from owlkit.errors import CheckpointError
 from owlkit.zoo import bundled
 from owlkit.zoo import small_model as small
-from owlkit.zoo.small import general_prompts, general_prompts_key
+from owlkit.zoo.small import general_prompts
 
 
 @pytest.fixture()
@@ -141,16 +141,10 @@ def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):
     from owlkit.zoo import small as small_build
 
     monkeypatch.setattr(small_build, "base_gguf", lambda: tiny_base)
-    # The tiny LLM finishes no sentence of its own: the text-only instructions are written here.
-    records = [{"id": f"general-{i}", "task": "general",
-                "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": "the hat."}]}
-               for i, p in enumerate(general_prompts()[:8])]
     shipped = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         out = tmp_path / name
-        out.mkdir()
-        (out / "general.json").write_text(json.dumps(records))
-        (out / "general.json.prompts").write_text(general_prompts_key())
+        write_distilled_text(out)
         small_build.build(out, seed=seed, n_images=16, n_instruct=64, n_per_task=1, steps_scale=0.001,
                           install_assets=False)
         shipped[name] = {f: (out / "owl-small" / f).read_bytes() for f in (small.TRAINED_FILE, "config.json")}

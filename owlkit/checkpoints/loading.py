@@ -160,8 +160,8 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     index = weight_index(folder)
     bits = Q.parse_quantize(quantize)
     stored_q = getattr(config, Q.CONFIG_KEY, None)
-    floor = getattr(config, "min_quantize_bits", None)
-    if bits is not None and floor and bits < int(floor):
+    floor = config.min_quantize_bits
+    if bits is not None and floor and bits < floor:
         raise CheckpointError(f"{folder}: this model's training does not survive int{bits} (its config says int{floor} "
                               f"at least; docs/performance.md); load it with quantize=int{floor} (--quantize int{floor})")
     with torch.device("meta"):

@@ -92,10 +92,10 @@ def config_to_official(config: OwlConfig) -> dict:
     official = f"the official mPLUG-Owl{'2' if config.owl_version == 2 else ''} format"
     if config.abstractor_config.projector != "abstractor":
         raise CheckpointError(f"a model with a {config.abstractor_config.projector} projector has no place in {official}; "
-                          "save it in owlkit's own format")
+                              "save it in owlkit's own format")
     if config.modality_adaptive != (config.owl_version == 2):
         raise CheckpointError(f"{official} {'always' if config.owl_version == 2 else 'never'} has the modality-adaptive module; "
-                          "save this model in owlkit's own format")
+                              "save this model in owlkit's own format")
     text = config.text_config
     rope = dict(text.rope_parameters or {})
     theta = rope.pop("rope_theta", 10000.0)

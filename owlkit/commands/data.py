@@ -58,22 +58,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_settings(folder: Path) -> tuple[int, int]:
-    """(generation, tokens per image) from a model folder's config.json, with defaults 2 and 65."""
+    """(generation, tokens per image) of a model folder, from its config as loading reads it;
+    2 and 65 for a folder that holds no model config (a tokenizer's, an LLM's)."""
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read JSON ({exc})") from None
-    model_type = str(config.get("model_type", ""))
-    if model_type == "owlkit":
-        abstractor = config.get("abstractor_config") or {}
-        if abstractor.get("projector") == "linear":  # one position per patch
-            return int(config.get("owl_version", 2)), int(abstractor.get("grid_size", 16)) ** 2
-        return int(config.get("owl_version", 2)), int(abstractor.get("num_queries", 64)) + 1
-    if model_type in ("mplug-owl", "mplug_owl"):
-        return 1, int(config.get("num_query_tokens", 64)) + 1
-    abstractor = (config.get("visual_config") or {}).get("visual_abstractor") or {}
-    return 2, int(abstractor.get("num_learnable_queries", 64)) + 1
+    from owlkit.checkpoints.loading import FORMATS, read_config  # torch: import only when the command runs
+
+    if not isinstance(config, dict) or config.get("model_type") not in FORMATS:
+        return 2, 65
+    model = read_config(folder, config["model_type"])
+    return model.owl_version, model.tokens_per_image
 
 
 class _LengthCheck:

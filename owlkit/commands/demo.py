@@ -80,9 +80,10 @@ def run(args) -> int:
         if examples.exists():
             for item in json.loads(examples.read_text()):
                 jobs.append((_examples_dir() / item["image"], item["question"], item.get("answer")))
-        short = getattr(cfg, "short_answer_prompt", None)
-        if short:  # the example scenes' questions want the world's short answers: ask as the model was trained
-            jobs = [(img, f"{q} {short}", expected) for img, q, expected in jobs]
+        if cfg.short_answer_prompt:  # the example scenes' questions want the world's short answers: ask as trained
+            from owlkit.zoo.synth_eval import short_question  # numpy + PIL: import only when the command runs
+
+            jobs = [(img, short_question(q, cfg.short_answer_prompt), expected) for img, q, expected in jobs]
         for image in args.images:
             jobs.append((Path(image), args.question, None))
         if not jobs:

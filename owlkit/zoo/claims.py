@@ -22,10 +22,8 @@ reads it without importing torch.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from owlkit.errors import ConfigError
 
@@ -74,26 +72,24 @@ class Claim:
     title: str
     paper: str
     variants: tuple[str, str]
-    #: What the comparison looks at: "visual", "language" or both.
-    focus: tuple[str, ...]
 
 
 CLAIMS = {c.key: c for c in (
     Claim("mam", "Modality-adaptive module",
           "MAM helps both text and multimodal tasks (modality collaboration without interference)",
-          ("baseline", "no-mam"), ("visual", "language")),
+          ("baseline", "no-mam")),
     Claim("frozen-llm", "Frozen LLM in stage 1",
           "freezing the LLM during pre-training keeps its language while the visual side learns",
-          ("baseline", "llm-trained-stage1"), ("language", "visual")),
+          ("baseline", "llm-trained-stage1")),
     Claim("joint", "Joint instruction tuning",
           "text-only instructions in stage 2 keep the LLM's linguistic ability",
-          ("baseline", "multimodal-only"), ("language", "visual")),
+          ("baseline", "multimodal-only")),
     Claim("vision", "Trainable vision encoder",
           "a trainable encoder (the paper's choice) helps; freezing it limits scene text",
-          ("baseline", "vision-trained"), ("visual",)),
+          ("baseline", "vision-trained")),
     Claim("projector", "Visual abstractor against a linear projector",
           "a few learnable queries summarise the image as well as every patch does, at far fewer tokens",
-          ("baseline", "linear-projector"), ("visual",)),
+          ("baseline", "linear-projector")),
 )}
 
 
@@ -174,8 +170,3 @@ def markdown(summary: dict, claims: list[str], reference: dict[str, float] | Non
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
-
-
-def collect(out: str | Path) -> list[dict]:
-    """Every ``result.json`` under ``out`` (runs made by separate processes, for one summary)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(out).glob("*-seed*/result.json"))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def run_variant(name: str, seed: int, out: str | Path, *, steps_scale: float = 0
         log(f"{name} seed {seed}: the language check after stage 1")
         result["language_stage1"] = language_summary(Owl.load(stage1, dtype="float32"))
     train_stage("owl_small_stage2", folder / "stage2", seed, steps_scale, [
-        *stage2_sources(stage1, world, general, instruct), *_overrides(variant, "stage2", instruct, threads)])
+        *stage2_sources(stage1, general, instruct), *_overrides(variant, "stage2", instruct, threads)])
     merged = merge_lora(folder / "stage2", folder / "merged")
     owl = Owl.load(merged, dtype="float32")
     log(f"{name} seed {seed}: evaluating on the held-out world (seed {eval_seed}) and the language check")
@@ -107,8 +108,6 @@ def run_claims(claims: list[str], seeds: list[int], out: str | Path, **options) 
 def most_common_answer(eval_seed: int, n_per_task: int) -> dict[str, float]:
     """Per task, the share of the held-out questions the most common answer gets right: what a
     model that ignores the image and the question would score."""
-    from collections import Counter
-
     samples = make_eval_set(eval_seed, n_per_task, image_size=IMAGE_SIZE)
     answers: dict[str, list[str]] = {}
     for sample in samples:

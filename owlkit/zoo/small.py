@@ -136,6 +136,13 @@ def _holds_prompts(path: Path) -> bool:
     return path.is_file() and stamp.is_file() and stamp.read_text().strip() == general_prompts_key()
 
 
+def write_general(records: list[dict], out: Path) -> Path:
+    """Replies to :func:`general_prompts` as the build reuses them: the records and the prompts' hash."""
+    out.write_text(json.dumps(records, indent=1))
+    out.with_name(out.name + ".prompts").write_text(general_prompts_key() + "\n")
+    return out
+
+
 def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size: int = 16) -> Path:
     """The base model's own replies to :func:`general_prompts`, as LLaVA-style text-only records.
 
@@ -151,9 +158,8 @@ def general_instructions(owl, out: Path, *, max_new_tokens: int = 96, batch_size
                for i, (p, r) in enumerate(zip(prompts, replies)) if r.strip().endswith((".", "!", "?"))]
     if not records:
         raise CheckpointError(f"the base LLM finished none of the {len(prompts)} text-only instructions within "
-                            f"{max_new_tokens} tokens; stage 2 needs them: is it an instruct (chat) model?")
-    out.write_text(json.dumps(records, indent=1))
-    out.with_name(out.name + ".prompts").write_text(general_prompts_key() + "\n")
+                              f"{max_new_tokens} tokens; stage 2 needs them: is it an instruct (chat) model?")
+    write_general(records, out)
     log(f"{len(records)} of {len(prompts)} text-only instructions answered by the base LLM")
     return out
 
@@ -174,11 +180,9 @@ def train_stage(recipe: str, run: Path, seed: int, steps_scale: float, sets: lis
     return train(recipe, sets).final_dir
 
 
-def short_answer_instructions(world: Path, prompt: str | None) -> Path:
+def short_answer_instructions(world: Path, prompt: str) -> Path:
     """The world's instructions with ``prompt`` after every short-answer question
-    (``instruct_short.json`` beside them); the world's own file when ``prompt`` is None."""
-    if not prompt:
-        return world / "instruct.json"
+    (``instruct_short.json`` beside them)."""
     records = json.loads((world / "instruct.json").read_text())
     for record in records:
         record["conversations"] = with_short_answer_prompt(record["conversations"], prompt, record.get("task", ""))
@@ -187,10 +191,10 @@ def short_answer_instructions(world: Path, prompt: str | None) -> Path:
     return out
 
 
-def stage2_sources(stage1: Path, world: Path, general: Path, instruct: Path | None = None) -> list[str]:
-    """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``);
-    ``instruct``: the world's instructions to use (default ``instruct.json``)."""
-    instruct = instruct or world / "instruct.json"
+def stage2_sources(stage1: Path, general: Path, instruct: Path) -> list[str]:
+    """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``):
+    the world's instructions ``instruct`` (twice: all, then the reading questions again) and the
+    self-distilled text ``general``."""
     return [f"model.init={stage1}", f"data.sources.0.path={instruct}", f"data.sources.1.path={general}",
             f"data.sources.2.path={instruct}"]
 
@@ -221,7 +225,7 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
         f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}", *overrides.get("stage1", [])])
     stage2 = train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [
-        *stage2_sources(stage1, world, general, instruct), *overrides.get("stage2", [])])
+        *stage2_sources(stage1, general, instruct), *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, stage1, stage2, out / "stage2", folder)
     log("evaluating the installed model on a held-out world and the language check")

@@ -19,12 +19,17 @@ TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.85, "position": 0.85, "rela
            "read": 0.80, "compare": 0.80, "text": 0.90}
 
 
+def short_question(question: str, prompt: str) -> str:
+    """A question as a model trained with a short-answer ``prompt`` is asked it."""
+    return f"{question} {prompt}"
+
+
 def with_short_answer_prompt(turns: list[dict], prompt: str | None, task: str) -> list[dict]:
     """LLaVA-style turns with ``prompt`` after every question of a short-answer task (every
     task of the world but ``caption``); unchanged when ``prompt`` is None."""
     if not prompt or task == "caption":
         return turns
-    return [dict(t, value=f"{t['value']} {prompt}") if t["from"] == "human" else t for t in turns]
+    return [dict(t, value=short_question(t["value"], prompt)) if t["from"] == "human" else t for t in turns]
 
 
 def conversation(sample, described: bool = False, short_answer_prompt: str | None = None) -> list[dict]:
@@ -60,7 +65,7 @@ def evaluate_synth(owl, seed: int, n_per_task: int = 50, batch_size: int = 16, p
     ``short_answer_prompt`` is asked with it after each question, as it was trained.
     """
     size = owl.model.config.vision_config.image_size
-    prompt = getattr(owl.model.config, "short_answer_prompt", None)
+    prompt = owl.model.config.short_answer_prompt
     samples = make_eval_set(seed, n_per_task, image_size=size)
     answers = owl.generate_batch([conversation(s, described, prompt) for s in samples], batch_size=batch_size,
                                  progress=progress, max_new_tokens=max_new_tokens)

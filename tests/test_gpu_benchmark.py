@@ -1,0 +1,28 @@
+"""benchmarks/gpu.py, checked the way its docstring says without a GPU (CI never has one)."""
+
+import pytest
+import torch
+
+from helpers import load_benchmark
+
+
+def _bench():
+    return load_benchmark("gpu")
+
+
+def test_the_gpu_benchmark_runs_its_check_on_a_cpu(capsys):
+    result = _bench().main(["--device", "cpu", "--preset", "test-owl2", "--tokens", "3", "--batches", "1", "2",
+                            "--quantize", "int8"])
+    assert [row["batch"] for row in result["bf16"]] == [1, 2] and result["device"] == "cpu"
+    for row in result["bf16"] + result["int8"]:
+        assert row["prefill_s"] > 0 and row["tokens_per_s"] > 0 and 0 < row["of_bound"]
+    assert result["bf16"][1]["prompt_positions"] == result["bf16"][0]["prompt_positions"]  # one image a row
+    assert '"int8"' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so_in_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        _bench().main([])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
