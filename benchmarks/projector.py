@@ -40,11 +40,11 @@ def prefill_seconds(owl, batch) -> float:
         return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeat", type=int, default=9)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result: dict = {"threads": torch.get_num_threads(), "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         models = {name: Owl.load(assemble_base(Path(tmp) / name, projector=name), dtype="float32")
@@ -67,6 +67,7 @@ def main() -> None:
                 "linear_over_abstractor": round(median["linear"] / median["abstractor"], 3),
             })
     print(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":

@@ -172,3 +172,16 @@ def test_the_command_passes_variant_builds_their_defaults(monkeypatch, capsys):
     assert (name, seed, out) == ("no-mam", 3, "runs/claims") and kw["steps_scale"] == 0.1 and kw["n_per_task"] == 50
     assert (names, seeds, out2) == (["mam", "joint"], [0, 1], "runs/claims") and kw2["threads"] == 1
     assert '"ok": 1' in capsys.readouterr().out
+
+
+def test_the_projector_benchmark_reports_positions_and_prefill(gguf, monkeypatch):
+    """benchmarks/projector.py on a tiny GGUF standing in for SmolLM2 (one and two images)."""
+    from helpers import load_benchmark
+
+    monkeypatch.setattr(small_model, "base_gguf", lambda: gguf)
+    result = load_benchmark("projector").main(["--images", "1", "2", "--repeat", "1"])
+    assert result["tokens_per_image"] == {"abstractor": 17, "linear": 64}
+    one, two = result["rows"]
+    assert two["prompt_positions"]["linear"] - one["prompt_positions"]["linear"] == 64
+    assert two["prompt_positions"]["abstractor"] - one["prompt_positions"]["abstractor"] == 17
+    assert all(ms > 0 for row in result["rows"] for ms in row["prefill_ms"].values())
