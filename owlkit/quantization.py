@@ -18,6 +18,14 @@ safetensors stores: ``qweight`` (int8 ``[N, K]``, or uint8 ``[N, K/2]`` with two
 byte, the even column in the high nibble), ``scales`` (``[N]`` or ``[N, K/G]``) and, for int4,
 ``zeros`` (``[N, K/G]``); the kernel's own layout is rebuilt when the model is loaded.
 
+A fine-tuning's low-rank update can stay outside the rounding. A folder whose weights hold LoRA
+merged in may carry the factors in ``low_rank.safetensors`` (``{layer}.lora_A`` ``[r, K]``,
+``{layer}.lora_B`` ``[N, r]``, the update being ``lora_B @ lora_A``); quantized loading then
+quantizes the weight without the update and adds ``x @ A.T @ B.T`` in float (the layer's
+``lora_A`` / ``lora_B`` buffers, saved with it). Why: an update smaller than half a
+quantization step rounds away, and a base that already sits on a 4-bit grid (a GGUF model)
+rounds back exactly onto it (docs/performance.md measures owl-small).
+
 The kernels are fast with bfloat16 activations on CPUs with avx512_bf16 (faster than the float32
 product of the same shape) and slow with float32 ones (slower than float32). Which way runs is
 measured once per process on this machine (:func:`compute_path`): the kernel with bfloat16
@@ -40,7 +48,8 @@ from owlkit.memory import release_free_memory
 BITS = {"int8": 8, "int4": 4}
 DEFAULT_GROUP_SIZE = 128
 GROUP_SIZES = (32, 64, 128, 256)  # what aten._weight_int4pack_mm_for_cpu accepts
-CONFIG_KEY = "owlkit_quantization"  # in config.json: {"bits": 4, "group_size": 128, "skipped": [...]}
+CONFIG_KEY = "owlkit_quantization"  # in config.json: {"bits": 4, "group_size": 128, "kept": [...], "low_rank": {layer: r}}
+LOW_RANK_FILE = "low_rank.safetensors"
 
 
 def parse_quantize(value) -> int | None:
@@ -160,6 +169,8 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("scales", torch.empty(out_features, groups, dtype=torch.float32, **factory))
             self.register_buffer("zeros", torch.empty(out_features, groups, dtype=torch.float32, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, **factory)) if bias else None
+        self.register_buffer("lora_A", None)  # a low-rank update kept in float (set_low_rank)
+        self.register_buffer("lora_B", None)
         self._kernel: dict = {}  # the kernel's layout per activation dtype, built on first use
 
     def nbytes(self) -> int:
@@ -202,6 +213,15 @@ class QuantizedLinear(nn.Module):
         if prepare:
             self.prepare()
         release_free_memory()
+
+    def set_low_rank(self, lora_a: torch.Tensor, lora_b: torch.Tensor) -> None:
+        """Add ``x @ lora_a.T @ lora_b.T`` to every product: a fine-tuning's update, kept in float
+        beside the quantized weight (which must then hold the weight without it)."""
+        rank = lora_a.shape[0]
+        if lora_a.shape != (rank, self.in_features) or lora_b.shape != (self.out_features, rank):
+            raise ConfigError(f"low-rank factors of shapes {list(lora_a.shape)} and {list(lora_b.shape)} do not fit a "
+                              f"{self.out_features} x {self.in_features} layer")
+        self._buffers.update(lora_A=lora_a, lora_B=lora_b)
 
     def prepare(self) -> None:
         """Repack for the kernel now (int4: dropping the portable copy), not at the first product."""
@@ -262,6 +282,8 @@ class QuantizedLinear(nn.Module):
             out = flat.new_zeros(0, self.out_features)
         else:
             out = self._product(flat, compute_path(self.bits) if x.device.type == "cpu" else "dequantize")
+        if self.lora_A is not None:
+            out = out + (flat @ self.lora_A.to(flat.dtype).T) @ self.lora_B.to(flat.dtype).T
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out if x.dim() == 2 else out.reshape(*x.shape[:-1], self.out_features)
@@ -294,6 +316,31 @@ def _time_path(layer: QuantizedLinear, x: torch.Tensor, path: str) -> float:
         run()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def read_low_rank(folder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Layer name -> (lora_A, lora_B) from the folder's :data:`LOW_RANK_FILE` ({} without one)."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / LOW_RANK_FILE
+    if not path.is_file():
+        return {}
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ConfigError(f"{path} cannot be read ({str(exc).splitlines()[0]}); delete it to quantize the merged "
+                          "weights instead") from None
+    layers = {name.rsplit(".", 1)[0] for name in tensors}
+    pairs = {}
+    for layer in sorted(layers):
+        a, b = tensors.get(f"{layer}.lora_A"), tensors.get(f"{layer}.lora_B")
+        if a is None or b is None or len(tensors) != 2 * len(layers):
+            raise ConfigError(f"{path}: {layer} needs exactly a lora_A and a lora_B tensor")
+        pairs[layer] = (a, b)
+    return pairs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -94,3 +94,24 @@ def test_the_cache_is_read_under_either_name():
     with pytest.raises(InputError, match="once"):
         model(input_ids=ids, cache=DynamicCache(config=model.config.text_config),
               past_key_values=DynamicCache(config=model.config.text_config))
+
+
+def test_a_trained_abstractor_starts_the_new_one(parts, tmp_path):
+    """``abstractor_from``: the abstractor of an owlkit folder on the same encoder, its shape
+    included; only the tensors of the LLM's width (output projection, vit_eos) start new."""
+    root, _, _ = parts
+    donor = build_from_components(root / "llama", root / "clip", num_queries=4, abstractor_layers=1,
+                                  abstractor_intermediate_size=48, seed=3)
+    donor.save_pretrained(tmp_path / "donor")
+    model = build_from_components(root / "llama", root / "clip", num_queries=8, abstractor_layers=2,
+                                  abstractor_from=tmp_path / "donor")
+    a = model.config.abstractor_config
+    assert (a.num_queries, a.num_hidden_layers, a.intermediate_size) == (4, 1, 48)
+    ours, theirs = model.state_dict(), donor.state_dict()
+    moved = [k for k in theirs if k.startswith("abstractor.") and "visual_fc" not in k and "vit_eos" not in k]
+    assert moved and all(torch.equal(ours[k], theirs[k]) for k in moved)
+    assert not torch.equal(ours["abstractor.visual_fc.weight"], theirs["abstractor.visual_fc.weight"])
+    with pytest.raises(CheckpointError, match="only a query abstractor can be transferred"):
+        build_from_components(root / "llama", root / "clip", projector="linear", abstractor_from=tmp_path / "donor")
+    with pytest.raises(CheckpointError, match="can only be taken from an owlkit model folder"):
+        build_from_components(root / "llama", root / "clip", abstractor_from=root / "clip")

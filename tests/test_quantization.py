@@ -162,3 +162,59 @@ def test_the_int4_repack_in_row_chunks_is_the_kernels_layout():
     q = torch.randint(0, 16, (2 * Q.REPACK_ROWS + 64, 256), dtype=torch.int32)
     packed = ((q[:, ::2] << 4) | q[:, 1::2]).to(torch.uint8)
     assert torch.equal(Q.repack_int4(packed), torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2))
+
+
+def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
+    """A base already on a 4-bit grid (as a GGUF model is) plus a small LoRA update, merged:
+    int4 alone rounds the update back onto the base; with the factors in ``low_rank.safetensors``
+    the quantized model keeps it (and so does a folder ``owl quantize`` writes)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "m"
+    model = make_model_folder(folder, "test-owl2", seed=1)
+    names = [n for n, m in Q.quantizable(model).items() if n != "lm_head" and m.in_features % 32 == 0]
+    state = load_file(str(folder / "model.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    factors, merged = {}, dict(state)
+    for name in names:
+        w = state[f"{name}.weight"]
+        state[f"{name}.weight"] = grid = Q.dequantize(Q.QuantizedLinear.from_weight(w, 4, 32))
+        a, b = torch.randn(4, w.shape[1], generator=g), torch.randn(w.shape[0], 4, generator=g)
+        b *= 0.02 * grid.std() / (b @ a).std()  # well under half a quantization step
+        factors |= {f"{name}.lora_A": a, f"{name}.lora_B": b}
+        merged[f"{name}.weight"] = grid + b @ a
+    base = tmp_path / "base"
+    base.mkdir()
+    for f in folder.iterdir():
+        (base / f.name).write_bytes(f.read_bytes())
+    save_file(state, str(base / "model.safetensors"))
+    save_file(merged, str(folder / "model.safetensors"))
+    ids = torch.tensor([[1, 5, 9, 7, 11, 4]])  # no image placeholder
+
+    def logits(path, **quantize):
+        with torch.no_grad():
+            return load_model(path, **quantize)(input_ids=ids).logits.flatten()
+
+    reference, without_update = logits(folder), logits(base)
+    rounded = logits(folder, quantize="int4", group_size=32)
+    assert (rounded - without_update).norm() < (rounded - reference).norm()  # the update is lost
+    save_file(factors, str(folder / Q.LOW_RANK_FILE))
+    kept = load_model(folder, quantize="int4", group_size=32)
+    assert set(kept.config.owlkit_quantization["low_rank"]) == set(names)
+    with torch.no_grad():
+        kept_logits = kept(input_ids=ids).logits.flatten()
+    # What stays is the error every int4 load has here (the LM head is int8), as on the bare base
+    floor = (logits(base, quantize="int4", group_size=32) - without_update).norm()
+    assert (kept_logits - reference).norm() < 1.05 * floor + 1e-3 < 0.5 * (rounded - reference).norm()
+    out = tmp_path / "q4"
+    assert owl(["quantize", str(folder), str(out), "--bits", "4", "--group-size", "32"]) == 0
+    assert f"{len(names)} layer(s) keep their low-rank update in float" in capsys.readouterr().out
+    torch.testing.assert_close(logits(out), kept_logits)
+    assert owl(["info", str(out)]) == 0
+    assert f"{len(names)} with a low-rank update in float" in capsys.readouterr().out
+    (folder / Q.LOW_RANK_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="low_rank.safetensors cannot be read"):
+        load_model(folder, quantize="int8")
+    save_file({f"{names[0]}.lora_A": factors[f"{names[0]}.lora_A"]}, str(folder / Q.LOW_RANK_FILE))
+    with pytest.raises(ConfigError, match="needs exactly a lora_A and a lora_B"):
+        load_model(folder, quantize="int8")

@@ -42,7 +42,7 @@ def _shipped(tmp_path, init) -> tuple:
     save_file({k: v.to(torch.bfloat16) for k, v in trained.items()}, str(assets / small.TRAINED_FILE))
     manifest = {"base": {"sha256": small.file_sha256(small.base_gguf())},
                 "vision": {"sha256": small.file_sha256(small.TINY_ASSETS / "model.safetensors")},
-                "abstractor": small.ABSTRACTOR}
+                "abstractor": small.abstractor_shape(json.loads((init / "config.json").read_text()))}
     (assets / small.MANIFEST).write_text(json.dumps(manifest))
     return assets, {k: v.to(torch.bfloat16).float() for k, v in trained.items()}, state, q, visual
 
@@ -67,12 +67,15 @@ def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_bas
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp and time.perf_counter() - start < 10
     owl = Owl.load(folder, dtype="float32")
     assert owl.processor.stop_strings == ["<|im_end|>"]
-    # int4 would round the merged training back onto the 4-bit base (docs/performance.md): refused
+    # int4 would round the merged training back onto a 4-bit base: the LoRA factors stay beside it
     from owlkit.checkpoints import load_model
+    from owlkit.quantization import LOW_RANK_FILE, QuantizedLinear
 
-    with pytest.raises(CheckpointError, match="does not survive int4 .*quantize=int8"):
-        load_model(folder, quantize="int4", group_size=32)
-    assert load_model(folder, quantize="int8").config.min_quantize_bits == 8
+    assert torch.equal(load_file(str(folder / LOW_RANK_FILE))[f"{q}.lora_A"], trained[f"{q}.lora_A"].bfloat16())
+    quantized = load_model(folder, quantize="int4", group_size=32)
+    layer = quantized.get_submodule(q)
+    assert isinstance(layer, QuantizedLinear) and layer.lora_A.shape[0] == 4
+    assert quantized.config.owlkit_quantization["low_rank"] == {q: 4}
 
 
 def test_a_missing_base_names_the_install_command(monkeypatch):

@@ -94,6 +94,28 @@ def _vision_source(path: Path, owl_version: int, image_size: int | None) -> tupl
     return vision, _clip_weights(path, clip_cfg, vision), path
 
 
+#: The abstractor's tensors that have the LLM's width: a transferred abstractor starts them new.
+LLM_WIDTH_TENSORS = ("abstractor.visual_fc.weight", "abstractor.visual_fc.bias", "abstractor.vit_eos")
+
+
+def _abstractor_source(path: Path, abstractor: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(the new abstractor's config, its weights) from an owlkit folder's trained abstractor."""
+    raw = _read_config(path, "owlkit model")
+    if raw.get("model_type") != "owlkit" or detect_format(path) != "owlkit":
+        raise CheckpointError(f"{path}: an abstractor can only be taken from an owlkit model folder")
+    source = OwlConfig(**{k: v for k, v in raw.items() if k != "model_type"}).abstractor_config
+    if source.projector != "abstractor" or abstractor["projector"] != "abstractor":
+        raise CheckpointError(f"{path}: only a query abstractor can be transferred (projector 'abstractor')")
+    if (source.encoder_hidden_size, source.grid_size) != (abstractor["encoder_hidden_size"], abstractor["grid_size"]):
+        raise CheckpointError(f"{path}'s abstractor reads {source.grid_size}x{source.grid_size} patches of width "
+                              f"{source.encoder_hidden_size}; this encoder gives {abstractor['grid_size']}x"
+                              f"{abstractor['grid_size']} of width {abstractor['encoder_hidden_size']}")
+    shape = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "num_queries", "pos_embed")
+    config = {**abstractor, **{key: getattr(source, key) for key in shape}}
+    state = {k: v for k, v in read_state_dict(path).items() if k.startswith("abstractor.") and k not in LLM_WIDTH_TENSORS}
+    return config, state
+
+
 def _clip_weights(path: Path, clip_cfg: dict, vision: dict) -> dict[str, torch.Tensor]:
     """CLIP's vision tower in our names (q/k/v fused per head, positions resized if needed)."""
     clip = read_state_dict(path)
@@ -153,6 +175,7 @@ def build_from_components(
     seed: int = 0,
     modality_adaptive: bool | None = None,
     projector: str = "abstractor",
+    abstractor_from: str | Path | None = None,
 ):
     """A new OwlForCausalLM: the LLM's and the encoder's weights, a new abstractor (seeded init).
 
@@ -162,7 +185,10 @@ def build_from_components(
 
     ``llm_path``: a HF LLaMA folder, a ``.gguf`` file, or a :class:`~owlkit.checkpoints.llm.LanguageModel`
     already read. ``vision_path``: a HF CLIP (vision) folder or an owlkit model folder whose
-    encoder is taken.
+    encoder is taken. ``abstractor_from``: an owlkit model folder (on the same encoder) whose
+    trained abstractor starts the new one, its shape included (``num_queries`` and the other
+    abstractor arguments are then not used); only the output projection and ``vit_eos``, which
+    have the LLM's width, start new.
     """
     llm = llm_path if isinstance(llm_path, LanguageModel) else read_language_model(llm_path)
     vision, vision_state, vision_path = _vision_source(Path(vision_path), owl_version, image_size)
@@ -175,6 +201,9 @@ def build_from_components(
         "num_queries": num_queries, "pos_embed": "sincos" if owl_version == 2 else "none",
         "grid_size": vision["image_size"] // vision["patch_size"], "projector": projector,
     }
+    transferred = {}
+    if abstractor_from is not None:
+        abstractor, transferred = _abstractor_source(Path(abstractor_from), abstractor)
     modality_adaptive = owl_version == 2 if modality_adaptive is None else bool(modality_adaptive)
     config = OwlConfig(
         vision_config=vision, abstractor_config=abstractor, text_config=text.to_dict(),
@@ -185,14 +214,14 @@ def build_from_components(
     torch.manual_seed(seed)
     model = OwlForCausalLM(config)
     state = model.state_dict()
-    new = {**vision_state, **_llm_weights(llm, text.num_hidden_layers, modality_adaptive)}
+    new = {**vision_state, **transferred, **_llm_weights(llm, text.num_hidden_layers, modality_adaptive)}
     for key, value in new.items():
         if key not in state:
             raise CheckpointError(f"{key}: no such weight in the model being built")
         if state[key].shape != value.shape:
             raise CheckpointError(f"{key}: component tensor of shape {list(value.shape)}, model expects {list(state[key].shape)}")
     missing = model.load_state_dict({k: v.to(state[k].dtype) for k, v in new.items()}, strict=False).missing_keys
-    fresh = [k for k in missing if not k.startswith("abstractor.")]
+    fresh = [k for k in missing if not k.startswith("abstractor.") or (transferred and k not in LLM_WIDTH_TENSORS)]
     if fresh:
         raise CheckpointError(f"no component weights for {', '.join(fresh[:5])}")
     return model.eval()

