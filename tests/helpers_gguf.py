@@ -44,7 +44,7 @@ def tiny_llama(tie: bool = True, seed: int = 0):
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(vocabulary()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rope_theta=50000.0,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=50000.0,
         rms_norm_eps=1e-5, tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
     model = LlamaForCausalLM(config).eval()

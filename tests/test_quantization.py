@@ -215,6 +215,10 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
     (folder / Q.LOW_RANK_FILE).write_bytes(b"not a safetensors file")
     with pytest.raises(ConfigError, match="low_rank.safetensors cannot be read"):
         load_model(folder, quantize="int8")
+    save_file({"language_model.layers.99.mlp.up_proj.lora_A": torch.zeros(1, 4),
+               "language_model.layers.99.mlp.up_proj.lora_B": torch.zeros(4, 1)}, str(folder / Q.LOW_RANK_FILE))
+    with pytest.raises(CheckpointError, match="names language_model.layers.99.mlp.up_proj, not a layer of this model"):
+        load_model(folder, quantize="int8")
     save_file({f"{names[0]}.lora_A": factors[f"{names[0]}.lora_A"]}, str(folder / Q.LOW_RANK_FILE))
     with pytest.raises(ConfigError, match="needs exactly a lora_A and a lora_B"):
         load_model(folder, quantize="int8")

@@ -44,15 +44,18 @@ def _shipped(tmp_path, init) -> tuple:
                 "vision": {"sha256": small.file_sha256(small.TINY_ASSETS / "model.safetensors")},
                 "abstractor": small.abstractor_shape(json.loads((init / "config.json").read_text()))}
     (assets / small.MANIFEST).write_text(json.dumps(manifest))
+    (assets / "config.json").write_bytes((init / "config.json").read_bytes())  # as install() copies it
     return assets, {k: v.to(torch.bfloat16).float() for k, v in trained.items()}, state, q, visual
 
 
 def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_base, tmp_path):
     from owlkit import Owl
 
-    init = small.assemble_base(tmp_path / "init")
+    init = small.assemble_base(tmp_path / "init", short_answer_prompt="Answer briefly.")
     assets, trained, base, q, visual = _shipped(tmp_path, init)
     folder = small.small_folder(assets)
+    # the prompt it was trained with reaches the assembled model (owl eval synth and demo ask with it)
+    assert json.loads((folder / "config.json").read_text())["short_answer_prompt"] == "Answer briefly."
     assert folder.parent == tmp_path / "cache"
     got = load_file(str(folder / "model.safetensors"))
     expected_q = base[f"{q}.weight"] + trained[f"{q}.lora_B"] @ trained[f"{q}.lora_A"]

@@ -57,6 +57,16 @@ def test_owl1_stage2_lora_trains_adapters_and_abstractor_then_merges(tmp_path, c
         m = load_model(tmp_path / folder).state_dict()
         for k in ff:
             assert torch.allclose(m[k], ff[k], atol=1e-6), (folder, k)
+    # the factors travel beside the merged weights: quantized loading keeps the update in float
+    from safetensors.torch import load_file
+
+    from owlkit.quantization import LOW_RANK_FILE
+
+    factors = load_file(str(tmp_path / "merged" / LOW_RANK_FILE))
+    q = next(k.removesuffix(".weight") for k in changed if k.endswith("q_proj.weight"))
+    torch.testing.assert_close(factors[f"{q}.lora_B"] @ factors[f"{q}.lora_A"], ff[f"{q}.weight"] - fb[f"{q}.weight"])
+    assert set(load_model(tmp_path / "merged", quantize="int8").config.owlkit_quantization["low_rank"]) == \
+        {k.removesuffix(".lora_A") for k in factors if k.endswith(".lora_A")}
     assert owl(["merge-lora", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
     assert "no LoRA adapter" in capsys.readouterr().err
 

@@ -188,8 +188,14 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
             raise CheckpointError("quantized models run on the CPU (PyTorch's int8/int4 CPU kernels); "
                                   "drop device / device_map, or load unquantized on the GPU")
         kept = Q.replace_linears(model, bits, group_size)
-        low_rank = {name: pair for name, pair in Q.read_low_rank(folder).items()
-                    if isinstance(model.get_submodule(name), Q.QuantizedLinear)}
+        for name, pair in Q.read_low_rank(folder).items():
+            try:
+                layer = model.get_submodule(name)
+            except AttributeError:
+                raise CheckpointError(f"{folder / Q.LOW_RANK_FILE} names {name}, not a layer of this model; delete "
+                                      "the file to quantize the merged weights") from None
+            if isinstance(layer, Q.QuantizedLinear):
+                low_rank[name] = pair
     if device_map is not None and not isinstance(device_map, dict) and str(device_map) != "auto":
         device, device_map = device_map, None  # transformers-style device_map="cuda:0": one device
     try:

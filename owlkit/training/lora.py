@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from owlkit.checkpoints import copy_side_files, load_model, save_model
 from owlkit.errors import ConfigError, OwlError
+from owlkit.quantization import LOW_RANK_FILE
 
 ADAPTER_DIR = "adapter"
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -112,8 +113,29 @@ def find_base(adapter: Path, base: str | Path | None = None) -> Path:
     raise OwlError(f"cannot find the base model of {adapter}; pass it with --base MODEL_DIR")
 
 
+def lora_factors(adapter: Path) -> dict[str, torch.Tensor]:
+    """``{layer}.lora_A`` / ``{layer}.lora_B`` of a saved adapter (its scale folded into B), in
+    the model's layer names; {} for an adapter whose update is not ``B @ A`` alone (DoRA, or
+    ranks and alphas that vary by layer)."""
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
+        return {}
+    r = float(config["r"])
+    scale = float(config["lora_alpha"]) / (r**0.5 if config.get("use_rslora") else r)
+    state = load_file(str(adapter / "adapter_model.safetensors"))
+    factors = {}
+    for key, a in state.items():
+        if key.endswith(".lora_A.weight"):
+            layer = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            factors[f"{layer}.lora_A"] = a.contiguous()
+            factors[f"{layer}.lora_B"] = (state[key.replace(".lora_A.", ".lora_B.")] * scale).contiguous()
+    return factors
+
+
 def merge_lora(source: str | Path, out: str | Path, base: str | Path | None = None) -> Path:
-    """Fold a LoRA adapter into its base model and write a plain owlkit folder at ``out``."""
+    """Fold a LoRA adapter into its base model and write a plain owlkit folder at ``out``, with
+    the factors beside it (``low_rank.safetensors``: quantized loading keeps the update in float
+    instead of rounding it, :mod:`owlkit.quantization`)."""
     from peft import PeftModel
 
     adapter = find_adapter(source)
@@ -123,4 +145,7 @@ def merge_lora(source: str | Path, out: str | Path, base: str | Path | None = No
     merged = peft_model.merge_and_unload()
     out = save_model(merged, out)
     copy_side_files(base_dir, out)
+    factors = lora_factors(adapter)
+    if factors:
+        save_file(factors, str(Path(out) / LOW_RANK_FILE))
     return out

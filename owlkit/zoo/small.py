@@ -39,12 +39,13 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from owlkit.errors import CheckpointError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
 from owlkit.training import train
+from owlkit.training.lora import lora_factors
 from owlkit.training.recipe import RECIPE_DIR, load_recipe
 from owlkit.weight_files import read_state_dict
 from owlkit.zoo.language_check import language_summary
@@ -228,6 +229,14 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
         *stage2_sources(stage1, general, instruct), *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, stage1, stage2, out / "stage2", folder)
+    result = evaluate_installed(folder, out, eval_seed, n_per_task)
+    log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
+    return result
+
+
+def evaluate_installed(folder: Path, out: Path, eval_seed: int = 2000, n_per_task: int = 100) -> dict:
+    """The installed model (assembled anew) on a held-out world and the language check:
+    ``out/eval.md``, ``out/eval.json`` and the package's ``eval.json``."""
     log("evaluating the installed model on a held-out world and the language check")
     owl = Owl.load(small_folder(folder, rebuild=True), dtype="float32")
     result = evaluate_synth(owl, eval_seed, n_per_task, batch_size=32, targets=TARGETS)
@@ -236,7 +245,6 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     (folder / "eval.json").write_text(json.dumps({"tasks": result["tasks"], "language": result["language"]}, indent=2) + "\n")
     print(markdown(result))
-    log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return result
 
 
@@ -246,19 +254,9 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
 
 
 def _lora_factors(run: Path) -> dict[str, torch.Tensor]:
-    """``{module}.lora_A`` / ``{module}.lora_B`` (scale folded into B) of the run's text projections."""
+    """The LoRA factors of the run's text projections (the visual branches ship whole, merged)."""
     adapter = run / "final" / "adapter" if (run / "final" / "adapter").is_dir() else run / "adapter"
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    scale = float(config["lora_alpha"]) / float(config["r"])
-    state = load_file(str(adapter / "adapter_model.safetensors"))
-    factors = {}
-    for key, a in state.items():
-        if not key.endswith(".lora_A.weight") or ".visual" in key:
-            continue  # the visual branches are shipped whole (merged)
-        module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-        factors[f"{module}.lora_A"] = a
-        factors[f"{module}.lora_B"] = state[key.replace(".lora_A.", ".lora_B.")] * scale
-    return factors
+    return {k: v for k, v in lora_factors(adapter).items() if ".visual" not in k}
 
 
 def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> Path:

