@@ -366,11 +366,13 @@ def replace_linears(model, bits: int, group_size: int, skip: set[str] | None = N
 
     Returns the names kept in higher precision: an int4 layer whose input width is not a
     multiple of ``group_size`` or whose output width is not a multiple of 16 (the kernel's
-    tiles), and those named in ``skip``. In int4 mode the LM head is int8.
+    tiles), and those named in ``skip``. In int4 mode the LM head is int8, and so are the
+    layers with a name component the config lists in ``int8_in_int4``.
     """
     kept = []
+    int8 = {*INT8_IN_INT4, *(getattr(model.config, "int8_in_int4", None) or ())}
     for name, linear in quantizable(model).items():
-        layer_bits = 8 if bits == 4 and name in INT8_IN_INT4 else bits
+        layer_bits = 8 if bits == 4 and int8.intersection(name.split(".")) else bits
         if name in (skip or set()) or (layer_bits == 4 and (linear.in_features % group_size or linear.out_features % 16)):
             kept.append(name)
             continue

