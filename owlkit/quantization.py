@@ -9,7 +9,7 @@ abstractor, the embeddings and the norms keep the model's dtype.
 * ``int4``: groups of ``group_size`` inputs (default 128) per output channel, asymmetric:
   ``w ~ (q - 8) * scale + zero``, ``q`` in [0, 15], the scale and zero fitted by least squares
   to the codes; kernel ``aten._weight_int4pack_mm_for_cpu``. The LM head is int8 in this mode
-  (:data:`INT8_IN_INT4`).
+  (:data:`INT8_IN_INT4`), and so are the layers a model's config names in ``int8_in_int4``.
   A layer whose input width is not a multiple of the group size, or whose output width is not
   a multiple of 16 (the kernel's tiles), stays unquantized (reported).
 
