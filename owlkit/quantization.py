@@ -37,12 +37,15 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from owlkit.errors import ConfigError
+from owlkit.errors import ConfigError, first_line
 from owlkit.memory import release_free_memory
 
 BITS = {"int8": 8, "int4": 4}
@@ -320,27 +323,19 @@ def _time_path(layer: QuantizedLinear, x: torch.Tensor, path: str) -> float:
 
 def read_low_rank(folder) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Layer name -> (lora_A, lora_B) from the folder's :data:`LOW_RANK_FILE` ({} without one)."""
-    from pathlib import Path
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(folder) / LOW_RANK_FILE
     if not path.is_file():
         return {}
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ConfigError(f"{path} cannot be read ({str(exc).splitlines()[0]}); delete it to quantize the merged "
+        raise ConfigError(f"{path} cannot be read ({first_line(exc)}); delete it to quantize the merged "
                           "weights instead") from None
-    layers = {name.rsplit(".", 1)[0] for name in tensors}
-    pairs = {}
-    for layer in sorted(layers):
-        a, b = tensors.get(f"{layer}.lora_A"), tensors.get(f"{layer}.lora_B")
-        if a is None or b is None or len(tensors) != 2 * len(layers):
+    layers = sorted({name.rsplit(".", 1)[0] for name in tensors})
+    for layer in layers:
+        if f"{layer}.lora_A" not in tensors or f"{layer}.lora_B" not in tensors:
             raise ConfigError(f"{path}: {layer} needs exactly a lora_A and a lora_B tensor")
-        pairs[layer] = (a, b)
-    return pairs
+    return {layer: (tensors[f"{layer}.lora_A"], tensors[f"{layer}.lora_B"]) for layer in layers}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,8 @@ def test_a_trained_abstractor_starts_the_new_one(parts, tmp_path):
         build_from_components(root / "llama", root / "clip", projector="linear", abstractor_from=tmp_path / "donor")
     with pytest.raises(CheckpointError, match="can only be taken from an owlkit model folder"):
         build_from_components(root / "llama", root / "clip", abstractor_from=root / "clip")
+    config = json.loads((tmp_path / "donor" / "config.json").read_text())
+    config["abstractor_config"]["grid_size"] = 2
+    (tmp_path / "donor" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="abstractor reads 2x2 patches of width 32; this encoder gives 4x4"):
+        build_from_components(root / "llama", root / "clip", abstractor_from=tmp_path / "donor")

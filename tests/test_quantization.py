@@ -219,6 +219,10 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
                "language_model.layers.99.mlp.up_proj.lora_B": torch.zeros(4, 1)}, str(folder / Q.LOW_RANK_FILE))
     with pytest.raises(CheckpointError, match="names language_model.layers.99.mlp.up_proj, not a layer of this model"):
         load_model(folder, quantize="int8")
+    a, b = factors[f"{names[0]}.lora_A"], factors[f"{names[0]}.lora_B"]
+    save_file({f"{names[0]}.lora_A": a.T.contiguous(), f"{names[0]}.lora_B": b}, str(folder / Q.LOW_RANK_FILE))
+    with pytest.raises(ConfigError, match="low-rank factors of shapes .* do not fit"):
+        load_model(folder, quantize="int8")
     save_file({f"{names[0]}.lora_A": factors[f"{names[0]}.lora_A"]}, str(folder / Q.LOW_RANK_FILE))
     with pytest.raises(ConfigError, match="needs exactly a lora_A and a lora_B"):
         load_model(folder, quantize="int8")

@@ -41,8 +41,7 @@ def _shipped(tmp_path, init) -> tuple:
     assets.mkdir()
     save_file({k: v.to(torch.bfloat16) for k, v in trained.items()}, str(assets / small.TRAINED_FILE))
     manifest = {"base": {"sha256": small.file_sha256(small.base_gguf())},
-                "vision": {"sha256": small.file_sha256(small.TINY_ASSETS / "model.safetensors")},
-                "abstractor": small.abstractor_shape(json.loads((init / "config.json").read_text()))}
+                "vision": {"sha256": small.file_sha256(small.TINY_ASSETS / "model.safetensors")}}
     (assets / small.MANIFEST).write_text(json.dumps(manifest))
     (assets / "config.json").write_bytes((init / "config.json").read_bytes())  # as install() copies it
     return assets, {k: v.to(torch.bfloat16).float() for k, v in trained.items()}, state, q, visual
@@ -80,6 +79,12 @@ def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_bas
     assert isinstance(layer, QuantizedLinear) and layer.lora_A.shape[0] == 4
     assert quantized.config.owlkit_quantization["low_rank"] == {q: 4}
     assert quantized.get_submodule(visual.removesuffix(".weight")).bits == 8  # int8_in_int4: the visual branches
+    # a changed setting in the shipped config is a new assembly, not the cached one
+    config = json.loads((assets / "config.json").read_text())
+    config["short_answer_prompt"] = "One word."
+    (assets / "config.json").write_text(json.dumps(config))
+    again = small.small_folder(assets)
+    assert again != folder and json.loads((again / "config.json").read_text())["short_answer_prompt"] == "One word."
 
 
 def test_a_missing_base_names_the_install_command(monkeypatch):

@@ -108,3 +108,21 @@ def test_lora_target_regex_covers_the_modality_adaptive_pairs():
     )
     with pytest.raises(ConfigError, match="'v_proj'"):
         target_regex(model, ["v_prj"])
+
+
+def test_lora_factors_fold_the_scale_and_skip_updates_that_are_not_b_times_a(tmp_path):
+    from safetensors.torch import save_file
+
+    from owlkit.training.lora import lora_factors
+
+    a, b = torch.randn(4, 8), torch.randn(6, 4)
+    key = "base_model.model.language_model.layers.0.mlp.up_proj"
+    save_file({f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, str(tmp_path / "adapter_model.safetensors"))
+    for extra, scale in (({}, 2.0), ({"use_rslora": True}, 4.0)):  # alpha / r, or alpha / sqrt(r)
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, **extra}))
+        factors = lora_factors(tmp_path)
+        assert torch.equal(factors["language_model.layers.0.mlp.up_proj.lora_A"], a)
+        torch.testing.assert_close(factors["language_model.layers.0.mlp.up_proj.lora_B"], b * scale)
+    for extra in ({"use_dora": True}, {"rank_pattern": {"up_proj": 2}}):
+        (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, **extra}))
+        assert lora_factors(tmp_path) == {}

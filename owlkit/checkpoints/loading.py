@@ -167,10 +167,10 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
             raise CheckpointError(f"{folder} is already quantized to int{stored_q['bits']}; load it without quantize "
                                   "(or quantize its float original)")
         Q.replace_linears(model, stored_q["bits"], stored_q["group_size"], set(stored_q.get("kept", [])))
-        for name, rank in stored_q.get("low_rank", {}).items():
+        for name, rank in stored_q.get("low_rank", {}).items():  # shells the file's factors fill
             layer = model.get_submodule(name)
-            layer._buffers.update(lora_A=torch.empty(rank, layer.in_features, device="meta"),
-                                  lora_B=torch.empty(layer.out_features, rank, device="meta"))
+            layer.set_low_rank(torch.empty(rank, layer.in_features, device="meta"),
+                               torch.empty(layer.out_features, rank, device="meta"))
         bits = None  # nothing to quantize while loading: the file holds the quantized tensors
     expected = {k: v.shape for k, v in model.state_dict().items()}
     tied = bool(config.tie_word_embeddings)
@@ -228,9 +228,9 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         module = model.get_submodule(module_name) if module_name else model
         if isinstance(module, Q.QuantizedLinear) and attr == "weight":  # quantized as it is read
             if module_name in low_rank:  # the file holds the update merged in: quantize the weight without it
-                lora_a, lora_b = (t.to(device=place(ours), dtype=dtype) for t in low_rank[module_name])
+                lora_a, lora_b = low_rank[module_name]
+                module.set_low_rank(*(t.to(device=place(ours), dtype=dtype) for t in (lora_a, lora_b)))  # checks shapes
                 tensor = tensor.float() - lora_b.float() @ lora_a.float()
-                module.set_low_rank(lora_a, lora_b)
             module.set_weight(tensor, place(ours), prepare=not keep_portable)
             continue
         quantized_buffer = isinstance(module, Q.QuantizedLinear) and attr != "bias"

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch

