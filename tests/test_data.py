@@ -495,6 +495,25 @@ def test_collator_labels_exact(tmp_path, tok):
     assert tok.decode(ex.input_ids[1:first]).endswith("ASSISTANT:")
 
 
+def test_a_distilled_source_marks_its_rows_in_the_batch(world, tok):
+    """``distill: true`` marks the source's records; the collator gives the batch a ``distill``
+    row flag (absent when no row distils); shards carry it too; a non-boolean is an error."""
+    path = str(world / "instruct.json")
+    ds = build_dataset([{"type": "llava", "path": path, "name": "plain"},
+                        {"type": "llava", "path": path, "distill": True, "name": "distilled"}], seed=0)
+    records = [ds[i] for i in range(len(ds))]
+    assert [r.distill for r in records] == [ds.source_of(i)[0] == 1 for i in range(len(ds))]
+    collator = OwlCollator(tok, OwlImageProcessor(56, generation=2), 2, 512, tokens_per_image=5)
+    batch = collator(records[:6])
+    assert batch["distill"].tolist() == [r.distill for r in records[:6]]
+    plain = [r for r in records if not r.distill][:3]
+    assert "distill" not in collator(plain)
+    shards = build_dataset([{"type": "wds", "path": str(world / "shards"), "distill": True}], seed=0)
+    assert shards[0].distill
+    with pytest.raises(ConfigError, match="'distill' must be true or false"):
+        build_dataset([{"type": "llava", "path": path, "distill": 1}], seed=0)
+
+
 def test_collator_padding_and_images(tmp_path, tok):
     a, b, c = (str(_png(tmp_path / f"{n}.png", colour)) for n, colour in (("a", (255, 0, 0)), ("b", (0, 255, 0)), ("c", (0, 0, 255))))
     recs = [

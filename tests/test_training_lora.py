@@ -126,3 +126,92 @@ def test_lora_factors_fold_the_scale_and_skip_updates_that_are_not_b_times_a(tmp
     for extra in ({"use_dora": True}, {"rank_pattern": {"up_proj": 2}}):
         (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, **extra}))
         assert lora_factors(tmp_path) == {}
+
+
+def _distill_setup(images_per_sample):
+    """A LoRA-wrapped tiny Owl2 and an expanded batch of random rows (images per row as given)."""
+    from helpers import tiny_model
+
+    from owlkit.models.splice import expand_placeholders
+    from owlkit.training.lora import apply_lora
+    from owlkit.training.loss import LossModule
+    from owlkit.training.sources import RandomDataset, tensor_collate
+
+    model = tiny_model("test-owl2")
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
+            "modules_to_save": ["abstractor"]}
+    peft_model = apply_lora(model, lora)
+    cfg = model.config
+    data = RandomDataset(len(images_per_sample), cfg.text_config.vocab_size, cfg.vision_config.image_size,
+                         text_tokens=9, images_per_sample=images_per_sample, seed=5)
+    batch = tensor_collate([data[i] for i in range(len(data))])
+    ex = expand_placeholders(batch["input_ids"], batch["attention_mask"], batch["labels"], cfg.tokens_per_image,
+                             cfg.image_token_id)
+    inputs = {"input_ids": ex.input_ids, "attention_mask": ex.attention_mask, "labels": ex.labels,
+              "image_mask": ex.image_mask, "pixel_values": batch["pixel_values"]}
+    return peft_model, LossModule(peft_model), inputs
+
+
+def test_distilled_rows_learn_the_base_models_distributions():
+    """Rows of a ``distill`` source: KL(base || model) at their supervised positions, the base
+    being the model with its adapters off; the other rows keep the cross-entropy. Rows with
+    images select their own images for the base's pass."""
+    import torch.nn.functional as F
+
+    peft_model, loss_module, inputs = _distill_setup([1, 2, 0, 1])
+    distill = torch.tensor([False, True, False, True])
+    # LoRA starts at zero (B = 0): the model is its base, every distilled position costs nothing
+    at_start = loss_module(**inputs, distill=torch.ones(4, dtype=torch.bool))
+    assert abs(float(at_start.detach())) < 1e-4
+    at_start.backward()
+    grads = [p.grad for n, p in peft_model.named_parameters() if "lora_" in n and p.grad is not None]
+    assert grads and max(float(g.abs().max()) for g in grads) < 1e-5
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    full = loss_module._supervised_logits  # the whole batch, with and without the adapters
+    from owlkit.models.splice import Expanded
+
+    ex = Expanded(inputs["input_ids"], inputs["image_mask"], inputs["attention_mask"], inputs["labels"],
+                  int(inputs["image_mask"].sum()) // peft_model.config.tokens_per_image)
+    with torch.no_grad():
+        student, selected = full(ex, inputs["pixel_values"])
+        with peft_model.disable_adapter():
+            base, _ = full(ex, inputs["pixel_values"])
+    rows = selected.nonzero()[:, 0]
+    soft = distill[rows]
+    targets = inputs["labels"][:, 1:][selected]
+    ce = F.cross_entropy(student[~soft], targets[~soft], reduction="sum")
+    p, q = F.log_softmax(student[soft], -1), F.log_softmax(base[soft], -1)
+    kl = (q.exp() * (q - p)).sum()
+    assert float(kl) > 0.01  # the adapters moved the model away from its base
+    ours = loss_module(**inputs, distill=distill)
+    assert float(ours) == pytest.approx(float(ce + kl), rel=1e-4)
+    # without distilled rows: the plain cross-entropy of every supervised position
+    plain = loss_module(**inputs)
+    assert float(plain) == pytest.approx(float(F.cross_entropy(student, targets, reduction="sum")), rel=1e-5)
+
+
+def test_distill_needs_lora(tmp_path):
+    """Without adapters there is no base to distil from: a one-line error, in the recipe and in
+    the loss module."""
+    from helpers import tiny_model
+
+    from owlkit.errors import ConfigError
+    from owlkit.training.loss import LossModule
+    from owlkit.training.recipe import load_recipe
+
+    sources = [{"type": "llava", "path": "a.json", "distill": True}]
+    recipe = {"model": {"preset": "test-owl2"}, "stage": "owl2_stage2", "data": {"sources": sources},
+              "train": {"steps": 1}, "output_dir": str(tmp_path)}
+    with pytest.raises(ConfigError, match="'distill' learns its replies as the base model's distributions.*lora"):
+        load_recipe(recipe)
+    with pytest.raises(ConfigError, match="'distill' must be true or false"):
+        load_recipe({**recipe, "lora": {"r": 4}, "data": {"sources": [{**sources[0], "distill": "yes"}]}})
+    load_recipe({**recipe, "lora": {"r": 4}})
+    _, _, inputs = _distill_setup([1, 0])
+    with pytest.raises(ConfigError, match="needs a LoRA run"):
+        LossModule(tiny_model("test-owl2"))(**inputs, distill=torch.tensor([False, True]))

@@ -181,6 +181,7 @@ class OwlCollator:
         rows: list[tuple[list[int], list[int]]] = []
         pixels: list[np.ndarray] = []
         num_images: list[int] = []
+        distill: list[bool] = []
         skipped = unsupervised = 0
         for record in records:
             input_ids, labels, images = self.encode(record)
@@ -203,8 +204,12 @@ class OwlCollator:
             rows.append((input_ids, labels))
             pixels.extend(arrays)
             num_images.append(len(arrays))
+            distill.append(bool(record.distill if isinstance(record, Record) else record.get("distill", False)))
         self.total_skipped += skipped
-        return self._pad(rows, pixels, num_images, skipped, unsupervised)
+        batch = self._pad(rows, pixels, num_images, skipped, unsupervised)
+        if any(distill):  # rows whose replies are learned as the base's distributions (LossModule)
+            batch["distill"] = torch.tensor(distill, dtype=torch.bool)
+        return batch
 
     def _pad(self, rows, pixels, num_images, skipped: int, unsupervised: int) -> dict[str, Any]:
         length = max((len(ids) for ids, _ in rows), default=0)

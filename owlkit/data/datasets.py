@@ -16,7 +16,9 @@ when absent), ``image_root`` (default: each data file's folder), ``weight`` (def
 stops at the first malformed row with its ``file:line``; ``"skip"`` drops malformed rows with a
 warning), ``name`` (a label for :meth:`MixtureDataset.summary`), ``tasks`` (keep only the rows
 whose ``task`` field is one of these, e.g. to give one task of a mixed file a weight of its own:
-the same file once whole and once with ``tasks: [read]`` and another weight).
+the same file once whole and once with ``tasks: [read]`` and another weight), ``distill``
+(``true``: the rows' replies are learned as the frozen base model's next-token distributions
+instead of as labels, a distillation that keeps what a LoRA run's base knows; needs ``lora``).
 
 Weights are sampling proportions of an epoch: a source of ``N`` records contributes
 ``round(weight * N)`` samples per epoch: every record ``floor(weight)`` times, plus a random
@@ -91,10 +93,12 @@ class ShardDataset(Dataset):
     """Samples of webdataset shards, indexed by tar header scan; each item reads its caption from
     the shard when asked (images stay :class:`~owlkit.data.records.TarMember` references)."""
 
-    def __init__(self, samples: Sequence[ShardSample], prompt: str | None = None, name: str = "") -> None:
+    def __init__(self, samples: Sequence[ShardSample], prompt: str | None = None, name: str = "",
+                 distill: bool = False) -> None:
         self.samples = list(samples)
         self.prompt = prompt
         self.name = name
+        self.distill = distill
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -102,9 +106,11 @@ class ShardDataset(Dataset):
     def __getitem__(self, index: int) -> Record:
         sample = self.samples[index]
         try:
-            return shard_record(sample, self.prompt)
+            record = shard_record(sample, self.prompt)
         except RecordError as exc:
             raise InputError(f"{sample.shard}:{sample.number}: {exc}") from None
+        record.distill = self.distill
+        return record
 
     def size_hints(self) -> tuple[np.ndarray, np.ndarray]:
         """``(text characters, images)`` of every sample from the tar index alone: the caption
@@ -160,6 +166,9 @@ def load_source(source: dict) -> Dataset:
         if kind == "wds":
             raise ConfigError(f"data source {name}: 'tasks' selects rows by their 'task' field, which webdataset "
                               "shards do not have; drop 'tasks' or use a JSON source")
+    distill = source.get("distill", False)
+    if not isinstance(distill, bool):
+        raise ConfigError(f"data source {name}: 'distill' must be true or false, got {distill!r}")
     problems: list[Problem] = []
     if kind == "wds":
         samples: list[ShardSample] = []
@@ -181,7 +190,7 @@ def load_source(source: dict) -> Dataset:
                     raise InputError(f"{problem} (set on_error: skip on this source to use the readable part)")
                 problems.append(problem)
         _report_skipped(name, problems)
-        return ShardDataset(samples, prompt, name)
+        return ShardDataset(samples, prompt, name, distill)
     records: list[Record] = []
     root = source.get("image_root")
     for path in path_list:
@@ -200,6 +209,8 @@ def load_source(source: dict) -> Dataset:
             raise ConfigError(f"data source {name}: no row has a task in {', '.join(tasks)}; "
                               f"its tasks are: {', '.join(present) or 'none (no row has a task field)'}")
         records = kept
+    for record in records:
+        record.distill = distill
     return RecordDataset(records, name)
 
 

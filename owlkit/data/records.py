@@ -47,7 +47,7 @@ from owlkit.errors import ConfigError, InputError, first_line
 
 SOURCE_TYPES = ("llava", "owl_jsonl", "captions", "wds", "text")
 #: The keys of one data source of a recipe (owlkit.data.datasets explains each).
-SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name", "tasks")
+SOURCE_KEYS = ("type", "path", "image_root", "weight", "prompt", "on_error", "name", "tasks", "distill")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 _PLACEHOLDER_RE = re.compile("(" + "|".join(map(re.escape, IMAGE_PLACEHOLDERS)) + ")")
@@ -109,7 +109,9 @@ class Record:
     with parts ``{"type": "text", "text"}`` and ``{"type": "image", "image": path}``;
     ``images``: the image paths (or :class:`TarMember`) in order of appearance;
     ``source``/``line``: where the row is (1-based line of a JSONL row or of the start of a JSON
-    array element; 1-based sample number inside a shard); ``task``: the row's task label if any.
+    array element; 1-based sample number inside a shard); ``task``: the row's task label if any;
+    ``distill``: its replies are learned as the frozen base model's distributions rather than as
+    labels (the source's ``distill`` key; :class:`owlkit.training.loss.LossModule`).
     """
 
     id: str
@@ -118,6 +120,7 @@ class Record:
     source: str = ""
     line: int = 0
     task: str | None = None
+    distill: bool = False
 
     @property
     def where(self) -> str:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from owlkit.config import IGNORE_INDEX
-from owlkit.models.splice import Expanded
+from owlkit.errors import ConfigError
+from owlkit.models.splice import Expanded, expand_placeholders
 
 
 def _right_padded(mask: torch.Tensor) -> bool:
@@ -32,6 +33,13 @@ class LossModule(nn.Module):
 
     With ``image_mask`` the batch is in the expanded layout (the training step's path); without
     it, placeholders are expanded here (any batch a collator returns).
+
+    ``distill`` ([B] bool, rows of a data source with ``distill: true``): at those rows'
+    supervised positions the target is the base model's next-token distribution (the peft model
+    with its adapters disabled, no gradient) instead of the label, and the loss there is the KL
+    divergence ``KL(base || model)``, zero where the two agree. Training on a text the base
+    wrote itself then keeps the base's uncertainty instead of sharpening it onto its greedy
+    choices (owl-small's language check: docs/owl-small.md).
     """
 
     def __init__(self, model: nn.Module):
@@ -42,21 +50,53 @@ class LossModule(nn.Module):
     def owl(self):
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, image_mask=None):
+    def _supervised_logits(self, ex: Expanded, pixel_values) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits at the supervised positions [S, V], selection [B, L'-1]) of an expanded batch."""
         owl = self.owl
-        if image_mask is None:
-            embeds, mask, labels, mm = owl.embed_multimodal(input_ids, pixel_values, attention_mask, labels)
-        else:
-            num_images = int(image_mask.sum()) // owl.config.tokens_per_image
-            expanded = Expanded(input_ids, image_mask, attention_mask, labels, num_images)
-            embeds, mask, labels, mm = owl.embed_expanded(expanded, pixel_values)
+        embeds, mask, labels, mm = owl.embed_expanded(ex, pixel_values)
         if mask is not None and _right_padded(mask):
             mask = None
         hidden, _ = owl.language_model(embeds, attention_mask=mask, mm_token_type_ids=mm)
-        targets = labels[:, 1:]
-        selected = targets != IGNORE_INDEX
-        logits = owl.lm_head(hidden[:, :-1][selected])
-        return F.cross_entropy(logits.float(), targets[selected], reduction="sum")
+        selected = labels[:, 1:] != IGNORE_INDEX
+        return owl.lm_head(hidden[:, :-1][selected]), selected
+
+    def forward(self, input_ids, attention_mask=None, labels=None, pixel_values=None, image_mask=None, distill=None):
+        owl = self.owl
+        if image_mask is None:
+            cfg = owl.config
+            ex = expand_placeholders(input_ids, attention_mask, labels, cfg.tokens_per_image, cfg.image_token_id)
+        else:
+            num_images = int(image_mask.sum()) // owl.config.tokens_per_image
+            ex = Expanded(input_ids, image_mask, attention_mask, labels, num_images)
+        logits, selected = self._supervised_logits(ex, pixel_values)
+        targets = ex.labels[:, 1:][selected]
+        if distill is None or not bool(distill.any()):
+            return F.cross_entropy(logits.float(), targets, reduction="sum")
+        distill = distill.to(selected.device)
+        soft = distill[selected.nonzero()[:, 0]]  # [S]: which supervised positions distil
+        loss = F.cross_entropy(logits[~soft].float(), targets[~soft], reduction="sum")
+        base = self._base_logits(ex, pixel_values, distill)
+        log_p = F.log_softmax(logits[soft].float(), dim=-1)
+        log_q = F.log_softmax(base.float(), dim=-1)
+        return loss + F.kl_div(log_p, log_q, log_target=True, reduction="sum")
+
+    @torch.no_grad()
+    def _base_logits(self, ex: Expanded, pixel_values, rows: torch.Tensor) -> torch.Tensor:
+        """The base model's logits at the supervised positions of the ``rows`` (bool [B]), in the
+        order of :meth:`forward`'s selection: the same rows run once more with the adapters off."""
+        if not hasattr(self.model, "disable_adapter"):
+            raise ConfigError("a 'distill' data source needs a LoRA run: its target is the model without its adapters")
+        per_row = ex.image_mask.sum(-1) // self.owl.config.tokens_per_image
+        if pixel_values is not None:
+            first = torch.cumsum(per_row, 0) - per_row
+            keep = [torch.arange(int(first[r]), int(first[r] + per_row[r])) for r in rows.nonzero()[:, 0].tolist()]
+            pixel_values = pixel_values[torch.cat(keep).to(pixel_values.device)] if keep else None
+            if pixel_values is not None and pixel_values.shape[0] == 0:
+                pixel_values = None
+        sub = Expanded(ex.input_ids[rows], ex.image_mask[rows], ex.attention_mask[rows],
+                       ex.labels[rows], int(per_row[rows].sum()))
+        with self.model.disable_adapter():
+            return self._supervised_logits(sub, pixel_values)[0]
 
 
 def with_dummy_image(batch: dict, config) -> dict:

@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "freeze": [],  # top-level modules held frozen whatever the stage's policy, e.g. [vision]
     "lora": None,  # {r, alpha, dropout, target_modules, modules_to_save}; see LORA_DEFAULTS
     "data": {
-        "sources": [],  # [{type: llava|owl_jsonl|captions|wds|text|random, path, image_root, weight, tasks}]
+        "sources": [],  # [{type: llava|owl_jsonl|captions|wds|text|random, path, image_root, weight, tasks, distill}]
         "tokenizer": None,  # folder with tokenizer/preprocessor files (default: the model folder)
         "max_length": 2048,
         "augment": False,
@@ -419,6 +419,13 @@ def validate(recipe: Recipe) -> Recipe:
             raise ConfigError("lora.target_modules is empty; name the decoder projections to adapt (e.g. [q_proj, v_proj])")
         if recipe["stage"] not in ("owl1_stage2", "owl2_stage2"):
             raise ConfigError(f"LoRA is for instruction tuning (stage owl1_stage2 or owl2_stage2), not {recipe['stage']}")
+    for source in sources:
+        if "distill" in source and not isinstance(source["distill"], bool):
+            raise ConfigError(f"data source {source.get('path')}: 'distill' must be true or false, got {source['distill']!r}")
+        if source.get("distill") and lora is None:
+            raise ConfigError(f"data source {source.get('path')}: 'distill' learns its replies as the base model's "
+                              "distributions (the model without its LoRA adapters), so it needs a lora section; "
+                              "add one (e.g. lora.r=8) or drop distill")
     also, freeze = _module_list(recipe, "also_train"), _module_list(recipe, "freeze")
     if also and lora is not None:
         raise ConfigError("also_train cannot be combined with lora (peft decides what trains); use lora.modules_to_save")

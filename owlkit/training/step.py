@@ -9,7 +9,8 @@ Flow of :func:`train_step` (B samples of L ids per micro-batch, one placeholder 
    positions are counted;
 2. one all-reduce sums the counts of every rank (:meth:`StepStats.all_reduced`): ``N`` supervised
    tokens of the global batch;
-3. forward / backward of each micro-batch: summed cross-entropy scaled by ``world_size / N``
+3. forward / backward of each micro-batch: summed cross-entropy (for rows of a ``distill``
+   source, the KL divergence from the base model's distributions) scaled by ``world_size / N``
    (DDP / FSDP2 average over ranks, so the gradient is that of the global batch's mean loss);
    gradients are synchronised on the last micro-batch only;
 4. the loss is all-reduced and checked finite; gradients are clipped and checked finite; the
@@ -95,6 +96,7 @@ class _Prepared:
 
     expanded: Expanded | None  # None: nothing to compute (one process, empty micro-batch)
     pixel_values: torch.Tensor | None
+    distill: torch.Tensor | None = None  # [B] rows learned as the base's distributions (LossModule)
 
 
 def _prepare(batch: dict, state: TrainState, counts: StepStats) -> tuple[_Prepared, str | None]:
@@ -120,7 +122,10 @@ def _prepare(batch: dict, state: TrainState, counts: StepStats) -> tuple[_Prepar
         counts.samples += rows
         # the rows' own expanded length: with the dummy row they hold no image, so it is theirs
         counts.positions += rows * (padded_length if dummy else ex.attention_mask.shape[1])
-    return _Prepared(ex, batch.get("pixel_values")), None
+    distill = batch.get("distill")
+    if distill is not None and distill.shape[0] < ex.input_ids.shape[0]:  # the dummy row learns nothing
+        distill = torch.cat([distill, distill.new_zeros(ex.input_ids.shape[0] - distill.shape[0])])
+    return _Prepared(ex, batch.get("pixel_values"), distill), None
 
 
 def _sync_context(state: TrainState, last: bool):
@@ -146,6 +151,8 @@ def _forward_backward(state: TrainState, prepared: list[_Prepared], scale: float
                 pixels = pixels.to(state.param_dtype)
         inputs = {"input_ids": ex.input_ids, "attention_mask": ex.attention_mask, "labels": ex.labels,
                   "image_mask": ex.image_mask}
+        if p.distill is not None:
+            inputs["distill"] = p.distill
         inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()} | {"pixel_values": pixels}
         with _sync_context(state, a == len(prepared) - 1):
             with (torch.autocast(device.type, dtype=state.amp) if state.amp is not None
