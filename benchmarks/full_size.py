@@ -36,7 +36,7 @@ import gc, json, sys, time
 sys.path.insert(0, {here!r})
 import torch
 import owlkit.models.owl, transformers.models.llama.modeling_llama, safetensors.torch  # before the baseline
-from machine import copy_bandwidth, decode_seconds, proc_status_bytes as status, reset_peak_rss
+from machine import copy_bandwidth, decode_seconds, decode_weight_bytes, proc_status_bytes as status, reset_peak_rss
 from owlkit.checkpoints import load_model
 from owlkit.errors import OwlError
 
@@ -58,10 +58,7 @@ from owlkit.quantization import QuantizedLinear
 size = sum(p.numel() * p.element_size() for p in model.parameters())
 size += sum(m.nbytes() for m in model.modules() if isinstance(m, QuantizedLinear))
 cfg = model.config
-per_token = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                if n.startswith(("language_model.", "lm_head.")) and ".visual." not in n)
-per_token += sum(m.nbytes() for n, m in model.named_modules()
-                 if isinstance(m, QuantizedLinear) and ".visual" not in n)
+per_token = decode_weight_bytes(model)
 size_px = cfg.vision_config.image_size
 ids = torch.randint(3, cfg.text_config.vocab_size, (1, 33))
 ids[0, 0], ids[0, 1] = 1, -200  # BOS, one image

@@ -20,8 +20,12 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import decode_weight_bytes  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -65,16 +69,6 @@ def build(preset: str, device: torch.device, quantize: str | None):
     return model.eval()
 
 
-def weight_bytes(model) -> int:
-    """Bytes of weights one decoding step reads: the decoder's text branch and the LM head."""
-    from owlkit.quantization import QuantizedLinear
-
-    total = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                if n.startswith(("language_model.", "lm_head.")) and ".visual." not in n)
-    total += sum(m.nbytes() for n, m in model.named_modules() if isinstance(m, QuantizedLinear) and ".visual" not in n)
-    return total
-
-
 def cache_bytes(cache) -> int:
     total = 0
     for layer in getattr(cache, "layers", []):
@@ -109,7 +103,7 @@ def run(model, batch: int, tokens: int, device: torch.device, bandwidth: float) 
             times.append(time.perf_counter() - start)
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     step = statistics.median(times[1:] or times)
-    per_step = weight_bytes(model) + cache_bytes(cache)
+    per_step = decode_weight_bytes(model) + cache_bytes(cache)
     bound = bandwidth / per_step
     return {"batch": batch, "prompt_positions": length, "prefill_s": round(prefill, 4),
             "decode_step_s": round(step, 5), "tokens_per_s": round(batch / step, 1),

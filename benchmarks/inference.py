@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import best_time, copy_bandwidth, matmul_rate  # noqa: E402
+from machine import best_time, copy_bandwidth, decode_weight_bytes, matmul_rate  # noqa: E402
 
 
 def prefill_flops(cfg, text_tokens: int) -> float:
@@ -40,17 +40,6 @@ def prefill_flops(cfg, text_tokens: int) -> float:
     return vision + abstractor + decoder
 
 
-def decode_bytes(model) -> int:
-    """Bytes of weights one decoding step reads: text branches of the decoder and lm_head."""
-    total = 0
-    for name, p in model.named_parameters():
-        if name.startswith("language_model.") and ".visual." not in name and "embed_tokens" not in name:
-            total += p.numel() * p.element_size()
-        elif name == "lm_head.weight":
-            total += p.numel() * p.element_size()
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
@@ -68,7 +57,7 @@ def main() -> None:
     flops_rate = matmul_rate()
     cfg = OwlConfig.from_preset(args.preset)
     model = OwlForCausalLM(cfg).eval()
-    weight_bytes = decode_bytes(model)
+    weight_bytes = decode_weight_bytes(model)
     layout = "row-major (default)"
     if not args.row_major:
         from owlkit.models.cpu_decoding import optimize_for_cpu_decoding

@@ -62,3 +62,24 @@ def decode_seconds(model, out, length: int, tokens: int) -> list[float]:
             times.append(time.perf_counter() - start)
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     return times
+
+
+def decode_weight_bytes(model) -> int:
+    """Bytes of weights one text decoding step reads: the decoder's text branches (a step of
+    text tokens skips the modality-adaptive module's visual branches), its final norm and the
+    LM head, counted once even when it is tied to the input embedding, of which a step reads one
+    row only (left out). Quantized layers count what they hold (``QuantizedLinear.nbytes``)."""
+    from owlkit.quantization import QuantizedLinear
+
+    def held(module) -> int:  # its own weights; buffers (rotary tables) are not weights
+        if isinstance(module, QuantizedLinear):
+            return module.nbytes()
+        return sum(t.numel() * t.element_size() for t in module.parameters(recurse=False))
+
+    total = 0
+    for name, module in model.named_modules():
+        inside = name.startswith("language_model.") and "embed_tokens" not in name and ".visual" not in name
+        if inside:  # each module's own tensors once (recurse=False): nothing is counted twice
+            total += held(module)
+    return total + held(model.lm_head)
+

@@ -97,7 +97,7 @@ PROBE = r"""
 import gc, json, sys, time
 sys.path.insert(0, {here!r})
 import torch
-from machine import copy_bandwidth, decode_seconds, proc_status_bytes as status
+from machine import copy_bandwidth, decode_seconds, decode_weight_bytes, proc_status_bytes as status
 from quantized import build
 from owlkit import quantization as Q
 
@@ -108,15 +108,7 @@ start = time.perf_counter()
 model = build("owl2-llama2-7b", torch.bfloat16, quantize)
 build_s = time.perf_counter() - start
 cfg = model.config
-per_token = 0
-for name, module in model.named_modules():
-    if not name.startswith(("language_model", "lm_head")) or ".visual" in name:
-        continue
-    if isinstance(module, Q.QuantizedLinear):
-        per_token += module.nbytes()
-        continue
-    tensors = list(module.parameters(recurse=False)) + list(module.buffers(recurse=False))
-    per_token += sum(t.numel() * t.element_size() for t in tensors)
+per_token = decode_weight_bytes(model)
 size_px = cfg.vision_config.image_size
 ids = torch.randint(3, cfg.text_config.vocab_size, (1, 33))
 ids[0, 0], ids[0, 1] = 1, -200

@@ -8,8 +8,9 @@
   SmolLM2-135M-Instruct alone (the assembled base before any training: without an image its
   decoder computes exactly SmolLM2's logits);
 * ``speed``: batch-1 greedy decoding (after a prompt with one image) in tokens/s, against the
-  memory-bandwidth bound = measured copy bandwidth / bytes of weights read per token (every
-  decoder matrix and the LM head once, in the model's dtype), and the ratio of the two.
+  memory-bandwidth bound = measured copy bandwidth / bytes of weights read per token (the
+  decoder's text branches, its norm and the LM head, which SmolLM2 ties to the embedding:
+  ``machine.decode_weight_bytes``), and the ratio of the two.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import copy_bandwidth, decode_seconds  # noqa: E402
+from machine import copy_bandwidth, decode_seconds, decode_weight_bytes  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
 from owlkit.zoo.language_check import language_summary as language  # noqa: E402
@@ -47,8 +48,7 @@ def decode_speed(owl, tokens: int = 64) -> dict:
     length = out.attention_mask.shape[1]
     decode_seconds(model, out, length, 4)  # warm-up
     median = sorted(decode_seconds(model, out, length, tokens))[tokens // 2]
-    per_token = sum(p.numel() * p.element_size() for n, p in model.named_parameters()
-                    if n.startswith("language_model.layers.") or n in ("lm_head.weight", "language_model.norm.weight"))
+    per_token = decode_weight_bytes(model)
     bandwidth = copy_bandwidth()
     bound = bandwidth / per_token
     return {"tokens_per_s": round(1 / median, 2), "bytes_per_token": per_token, "bandwidth_gb_s": round(bandwidth / 1e9, 2),

@@ -26,3 +26,20 @@ def test_without_a_gpu_it_says_so_in_one_line(capsys):
         _bench().main([])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_decode_weight_bytes_counts_what_a_text_step_reads(tie):
+    """The bound's bytes: the decoder's text branches, its norm and the LM head once (tied or
+    not); neither the embedding table nor the modality-adaptive module's visual branches."""
+    from helpers import tiny_model
+
+    model = tiny_model("test-owl2", text_config__tie_word_embeddings=tie)
+    if tie:
+        model.lm_head.weight = model.language_model.embed_tokens.weight
+    machine = load_benchmark("machine")
+    layers = sum(p.numel() for n, p in model.language_model.layers.named_parameters() if ".visual." not in n)
+    visual = sum(p.numel() for n, p in model.language_model.layers.named_parameters() if ".visual." in n)
+    assert visual > 0
+    expected = layers + model.language_model.norm.weight.numel() + model.lm_head.weight.numel()
+    assert machine.decode_weight_bytes(model) == 4 * expected
