@@ -182,14 +182,16 @@ def test_distilled_rows_learn_the_base_models_distributions():
         with peft_model.disable_adapter():
             base, _ = full(ex, inputs["pixel_values"])
     rows = selected.nonzero()[:, 0]
-    soft = distill[rows]
     targets = inputs["labels"][:, 1:][selected]
-    ce = F.cross_entropy(student[~soft], targets[~soft], reduction="sum")
-    p, q = F.log_softmax(student[soft], -1), F.log_softmax(base[soft], -1)
-    kl = (q.exp() * (q - p)).sum()
-    assert float(kl) > 0.01  # the adapters moved the model away from its base
-    ours = loss_module(**inputs, distill=distill)
-    assert float(ours) == pytest.approx(float(ce + kl), rel=1e-4)
+    # rows with images, and a text-only row beside rows with images
+    for distill in (distill, torch.tensor([False, False, True, False])):
+        soft = distill[rows]
+        ce = F.cross_entropy(student[~soft], targets[~soft], reduction="sum")
+        p, q = F.log_softmax(student[soft], -1), F.log_softmax(base[soft], -1)
+        kl = (q.exp() * (q - p)).sum()
+        assert float(kl) > 0.01  # the adapters moved the model away from its base
+        ours = loss_module(**inputs, distill=distill)
+        assert float(ours) == pytest.approx(float(ce + kl), rel=1e-4)
     # without distilled rows: the plain cross-entropy of every supervised position
     plain = loss_module(**inputs)
     assert float(plain) == pytest.approx(float(F.cross_entropy(student, targets, reduction="sum")), rel=1e-5)

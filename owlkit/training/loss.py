@@ -87,14 +87,10 @@ class LossModule(nn.Module):
         if not hasattr(self.model, "disable_adapter"):
             raise ConfigError("a 'distill' data source needs a LoRA run: its target is the model without its adapters")
         per_row = ex.image_mask.sum(-1) // self.owl.config.tokens_per_image
-        if pixel_values is not None:
-            first = torch.cumsum(per_row, 0) - per_row
-            keep = [torch.arange(int(first[r]), int(first[r] + per_row[r])) for r in rows.nonzero()[:, 0].tolist()]
-            pixel_values = pixel_values[torch.cat(keep).to(pixel_values.device)] if keep else None
-            if pixel_values is not None and pixel_values.shape[0] == 0:
-                pixel_values = None
-        sub = Expanded(ex.input_ids[rows], ex.image_mask[rows], ex.attention_mask[rows],
-                       ex.labels[rows], int(per_row[rows].sum()))
+        n_images = int(per_row[rows].sum())
+        # the images are in row order: keep those of the chosen rows
+        pixel_values = pixel_values[rows.repeat_interleave(per_row).to(pixel_values.device)] if n_images else None
+        sub = Expanded(ex.input_ids[rows], ex.image_mask[rows], ex.attention_mask[rows], ex.labels[rows], n_images)
         with self.model.disable_adapter():
             return self._supervised_logits(sub, pixel_values)[0]
 

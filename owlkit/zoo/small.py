@@ -45,6 +45,7 @@ from owlkit.errors import CheckpointError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
 from owlkit.training import train
+from owlkit.training.loop import FINAL
 from owlkit.training.lora import find_adapter, lora_factors
 from owlkit.training.recipe import RECIPE_DIR, load_recipe
 from owlkit.weight_files import read_state_dict
@@ -224,10 +225,10 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
 
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
         f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}", *overrides.get("stage1", [])])
-    stage2 = train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [
+    train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [
         *stage2_sources(stage1, general, instruct), *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
-    install(init, stage1, stage2, out / "stage2", folder)
+    install(init, out / "stage2", folder)
     result = evaluate_installed(folder, out, eval_seed, n_per_task)
     log(f"done in {(time.perf_counter() - start) / 60:.1f} min")
     return result
@@ -257,9 +258,9 @@ def _lora_factors(run: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in lora_factors(find_adapter(run)).items() if ".visual" not in k}
 
 
-def install(init: Path, stage1: Path, stage2: Path, run: Path, folder: Path) -> Path:
-    """The trained tensors only (bfloat16), the folder's config and tokenizer, and a manifest."""
-    final = read_state_dict(stage2)
+def install(init: Path, run: Path, folder: Path) -> Path:
+    """Stage 2 ``run``'s trained tensors only (bfloat16), ``init``'s config, and a manifest."""
+    final = read_state_dict(run / FINAL)
     trained = {k: v for k, v in final.items() if k.startswith("abstractor.") or ".visual." in k}
     trained.update(_lora_factors(run))
     shutil.rmtree(folder, ignore_errors=True)
