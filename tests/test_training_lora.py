@@ -110,6 +110,46 @@ def test_lora_target_regex_covers_the_modality_adaptive_pairs():
         target_regex(model, ["v_prj"])
 
 
+def test_visual_branches_train_in_full_next_to_text_adapters(tmp_path):
+    """``lora.modules_to_save: [abstractor, visual]``: the MAM's visual norms and key/value
+    projections train whole, the text projections through adapters; merging keeps both."""
+    from owlkit import load_model
+    from owlkit.errors import ConfigError
+    from owlkit.training import train
+    from owlkit.training.lora import apply_lora
+
+    out = tmp_path / "run"
+    recipe = {
+        "model": {"preset": "test-owl2"}, "stage": "owl2_stage2",
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj"],
+                 "modules_to_save": ["abstractor", "visual"]},
+        "data": {"sources": [{"type": "random", "num_samples": 16, "text_tokens": 10, "images_per_sample": [1]}]},
+        "optim": {"lr": 1e-2, "warmup_steps": 0}, "train": {"steps": 3, "micro_batch_size": 2, "threads": 1},
+        "log": {"progress": False}, "output_dir": str(out),
+    }
+    result = train(recipe)
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["abstractor", "visual"]
+    fb, ff = load_model(out / "base").state_dict(), load_model(result.final_dir).state_dict()
+    changed = {k for k in fb if not torch.equal(fb[k], ff[k])}
+    visual = {k for k in fb if ".visual." in k}
+    # every visual norm and key/value projection moved but the last layer's post-attention norm:
+    # it feeds only the visual positions' last outputs, where no loss is computed
+    last = f"language_model.layers.{max(int(k.split('.')[2]) for k in visual)}.post_attention_layernorm.visual.weight"
+    assert visual - {last} <= changed and last not in changed
+    for k in changed - visual:
+        assert k.startswith("abstractor.") or k.endswith(("q_proj.weight", "k_proj.text.weight", "v_proj.text.weight")), k
+    assert any(k.endswith("k_proj.text.weight") for k in changed)
+    from owlkit.training.lora import lora_factors
+
+    assert lora_factors(out / "adapter") and not any(".visual" in k for k in lora_factors(out / "adapter"))
+    with pytest.raises(ConfigError, match="'visual'.*modality_adaptive"):
+        from helpers import tiny_model
+
+        apply_lora(tiny_model("test-owl1"), {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"],
+                                             "modules_to_save": ["visual"]})
+
+
 def test_lora_factors_fold_the_scale_and_skip_updates_that_are_not_b_times_a(tmp_path):
     from safetensors.torch import save_file
 

@@ -4,7 +4,10 @@
 ``gate_proj``, ``up_proj``, ``down_proj``); only the language model's layers are adapted. With
 mPLUG-Owl2's modality-adaptive module, ``k_proj`` / ``v_proj`` are pairs (``.text``, ``.visual``):
 both get adapters. ``lora.modules_to_save`` (default ``[abstractor]``, the paper's choice) are
-trained in full next to the adapters and saved with them (peft ``modules_to_save``).
+trained in full next to the adapters and saved with them (peft ``modules_to_save``). The name
+``visual`` there means the modality-adaptive module's visual branches (every layer's visual
+norms and key/value projections, mPLUG-Owl2's visual side of the decoder): they then train in
+full and only the ``.text`` projections get adapters.
 """
 
 from __future__ import annotations
@@ -23,10 +26,14 @@ from owlkit.quantization import LOW_RANK_FILE
 
 ADAPTER_DIR = "adapter"
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: ``lora.modules_to_save`` name of the modality-adaptive module's visual branches (peft matches
+#: module names by suffix: ``...k_proj.visual``, ``...input_layernorm.visual``...).
+VISUAL_BRANCHES = "visual"
 
 
-def target_regex(model, targets: list[str]) -> str:
-    """A peft ``target_modules`` regex matching exactly the ``nn.Linear`` modules to adapt."""
+def target_regex(model, targets: list[str], visual_whole: bool = False) -> str:
+    """A peft ``target_modules`` regex matching exactly the ``nn.Linear`` modules to adapt
+    (``visual_whole``: the visual branches train in full, so only the ``.text`` ones)."""
     unknown = [t for t in targets if t not in _PROJECTIONS]
     if unknown:
         near = difflib.get_close_matches(unknown[0], _PROJECTIONS, n=1)
@@ -36,7 +43,7 @@ def target_regex(model, targets: list[str]) -> str:
     alternatives = []
     for t in targets:
         if any(re.fullmatch(rf"language_model\.layers\.\d+\.\w+\.{t}\.text", n) for n in names):
-            alternatives.append(rf"{t}\.(?:text|visual)")
+            alternatives.append(rf"{t}\.text" if visual_whole else rf"{t}\.(?:text|visual)")
         else:
             alternatives.append(t)
     return rf"language_model\.layers\.\d+\.(?:self_attn|mlp)\.(?:{'|'.join(alternatives)})"
@@ -46,14 +53,20 @@ def apply_lora(model, lora: dict, base_path: str | None = None):
     """Wrap an OwlForCausalLM with peft LoRA; every base parameter is frozen by peft."""
     from peft import LoraConfig, get_peft_model
 
+    saved = list(lora["modules_to_save"])
+    for name in saved:
+        if name == VISUAL_BRANCHES:
+            if not getattr(model.config, "modality_adaptive", False):
+                raise ConfigError("lora.modules_to_save: 'visual' names the modality-adaptive module's visual branches, "
+                                  "and this model has none (modality_adaptive is off); leave it out")
+        elif not hasattr(model, name):
+            raise ConfigError(f"lora.modules_to_save: the model has no module {name!r} "
+                              "(vision, abstractor, lm_head, or visual for the decoder's visual branches)")
     config = LoraConfig(
         r=int(lora["r"]), lora_alpha=lora["alpha"], lora_dropout=float(lora["dropout"]), bias="none",
-        target_modules=target_regex(model, list(lora["target_modules"])),
-        modules_to_save=list(lora["modules_to_save"]) or None,
+        target_modules=target_regex(model, list(lora["target_modules"]), VISUAL_BRANCHES in saved),
+        modules_to_save=saved or None,
     )
-    for name in lora["modules_to_save"]:
-        if not hasattr(model, name):
-            raise ConfigError(f"lora.modules_to_save: the model has no module {name!r} (vision, abstractor, lm_head)")
     peft_model = get_peft_model(model, config)
     if base_path is not None:
         peft_model.peft_config["default"].base_model_name_or_path = str(base_path)
