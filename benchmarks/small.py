@@ -7,8 +7,9 @@
 * ``language``: the general questions answered and the held-out perplexity of owl-small and of
   SmolLM2-135M-Instruct alone (the assembled base before any training: without an image its
   decoder computes exactly SmolLM2's logits);
-* ``speed``: batch-1 greedy decoding (after a prompt with one image) in tokens/s, against the
-  memory-bandwidth bound = measured copy bandwidth / bytes of weights read per token (the
+* ``speed``: batch-1 greedy decoding (after a prompt with one image) in tokens/s, as
+  ``Owl.load`` gives the model and in the checkpoint's row-major layout (``row_major``, and the
+  ratio of the two), against the memory-bandwidth bound = measured copy bandwidth / bytes of weights read per token (the
   decoder's text branches, its norm and the LM head, which SmolLM2 ties to the embedding:
   ``machine.decode_weight_bytes``), and the ratio of the two.
 """
@@ -64,6 +65,11 @@ def main() -> None:
     result: dict = {"model": "owl-small"}
     owl = Owl.load("owl-small", dtype="float32")
     result["speed"] = decode_speed(owl)
+    # the same model in the checkpoint's row-major layout, in the same process (Owl.load's
+    # decoding_layout: wide matrices column-major is the default)
+    row_major = decode_speed(Owl.load("owl-small", dtype="float32", decoding_layout="row-major"))
+    result["speed"]["row_major"] = row_major
+    result["speed"]["speedup_over_row_major"] = round(result["speed"]["tokens_per_s"] / row_major["tokens_per_s"], 3)
     print(json.dumps(result["speed"]), file=sys.stderr, flush=True)
     if not args.skip_eval:
         world = evaluate_synth(owl, args.seed, args.n_per_task, batch_size=32)

@@ -25,6 +25,7 @@ from owlkit.checkpoints import load_model
 from owlkit.errors import InputError, OwlError
 from owlkit.generation import Engine, Job
 from owlkit.generation.stops import reply_stops, special_strings
+from owlkit.models import cpu_decoding
 from owlkit.processing.processor import OwlProcessor
 from owlkit.zoo.bundled import resolve_model
 
@@ -45,7 +46,8 @@ class Owl:
 
     @classmethod
     def load(cls, path: str | Path | None = None, dtype=None, device=None, *, device_map=None,
-             max_memory=None, quantize=None, group_size=None, image_cache_mb: float = 64.0) -> "Owl":
+             max_memory=None, quantize=None, group_size=None, image_cache_mb: float = 64.0,
+             decoding_layout: str = "auto") -> "Owl":
         """Load a model folder (official or owlkit), or a bundled model by name (``"owl-small"``,
         ``"owl-tiny"``); without a path, the default bundled model (:mod:`owlkit.zoo.bundled`).
 
@@ -54,7 +56,13 @@ class Owl:
         else bfloat16; ``quantize="int8" | "int4"`` for weight-only quantization).
         ``image_cache_mb``: features of recently seen images are kept, so a multi-turn chat or
         several questions about one image encode it once (0 = off).
+        ``decoding_layout``: ``"auto"`` stores a float32 CPU model's wide matrices (more outputs
+        than inputs: gate, up, the LM head) column-major, which decodes faster where measured
+        (:mod:`owlkit.models.cpu_decoding`); ``"row-major"`` keeps the checkpoint's layout and so
+        its exact rounding (owlkit's own builds load that way, to reproduce their bytes).
         """
+        if decoding_layout not in cpu_decoding.LAYOUTS:
+            raise InputError(f"decoding_layout must be one of {', '.join(cpu_decoding.LAYOUTS)}, got {decoding_layout!r}")
         path = resolve_model(path)
         if not (Path(path) / "config.json").exists() and Path(path) == bundled_model_path():
             raise OwlError("no bundled model in this installation; pass a model folder (--model PATH)")
@@ -65,8 +73,10 @@ class Owl:
                            quantize=quantize, group_size=group_size)
         processor = OwlProcessor.from_pretrained(path, config=model.config)
         model.enable_image_feature_cache(image_cache_mb)
-        # The weights keep their row-major layout (faster to decode on the machines measured than
-        # oneDNN's prepacked one, and savable): model.optimize_for_cpu_decoding() is opt-in.
+        # oneDNN's prepacked layout (model.optimize_for_cpu_decoding()) stays opt-in: slower to
+        # decode than the plain layouts on the machines measured, and not savable.
+        if decoding_layout == "auto" and getattr(model, "hf_device_map", None) is None:
+            cpu_decoding.wide_column_major(model)
         return cls(model, processor)
 
     # -- generation plumbing -----------------------------------------------------------------

@@ -177,6 +177,37 @@ def test_cpu_decoding_layout_keeps_the_numbers(tmp_path):
         torch.testing.assert_close(other(input_ids=ids, pixel_values=pv, attention_mask=mask).logits, ref, atol=1e-4, rtol=1e-4)
 
 
+def test_owl_load_stores_wide_matrices_column_major_and_keeps_them_savable(tmp_path):
+    """Owl.load's default decoding layout: gate, up and the LM head (more outputs than inputs)
+    column-major, the rest as saved; the same numbers up to rounding; a saved copy loads back
+    equal; ``decoding_layout="row-major"`` keeps every matrix as saved; a bad value is an error."""
+    from helpers import make_model_folder
+
+    from owlkit import Owl, load_model
+    from owlkit.errors import InputError
+    from owlkit.models import cpu_decoding
+
+    make_model_folder(tmp_path / "m", "test-owl2", seed=3)
+    auto, plain = Owl.load(tmp_path / "m"), Owl.load(tmp_path / "m", decoding_layout="row-major")
+    wide = {name for name, m in auto.model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features
+            and (name.startswith("language_model.") or name == "lm_head")}
+    assert "lm_head" in wide and any(n.endswith("mlp.gate_proj") for n in wide) and any(n.endswith("mlp.up_proj") for n in wide)
+    for name, m in auto.model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            assert m.weight.is_contiguous() == (name not in wide), name  # column-major = a transposed view
+    assert all(m.weight.is_contiguous() for m in plain.model.modules() if isinstance(m, torch.nn.Linear))
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(auto.model(input_ids=ids).logits, plain.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    auto.model.save_pretrained(tmp_path / "saved")
+    again, ref = load_model(tmp_path / "saved").state_dict(), plain.model.state_dict()
+    assert all(torch.equal(again[k], ref[k]) for k in ref)
+    assert cpu_decoding.wide_column_major(auto.model) == 0  # already done: nothing to do twice
+    with pytest.raises(InputError, match="decoding_layout must be one of auto, row-major"):
+        Owl.load(tmp_path / "m", decoding_layout="packed")
+
+
 def test_packed_linear_stacks_several_products_with_and_without_bias():
     from owlkit.models import cpu_decoding
 
@@ -192,12 +223,13 @@ def test_packed_linear_stacks_several_products_with_and_without_bias():
 
 
 def test_inference_encodes_images_in_chunks_with_the_same_numbers(monkeypatch):
-    """Without gradients ``encode_images`` splits a batch of images; each image's rows are unchanged."""
+    """Without gradients ``encode_images`` splits a batch of images; each image's rows keep their values."""
     import owlkit.models.owl as owl_module
 
     model = tiny_model("test-owl2").eval()
     grid = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
-    pixels = torch.randn(5, 3, model.config.vision_config.image_size, model.config.vision_config.image_size)
+    size = model.config.vision_config.image_size
+    pixels = torch.randn(5, 3, size, size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = model.encode_images(pixels)
         monkeypatch.setattr(owl_module, "INFERENCE_VISION_TOKENS", 2 * grid)  # chunks of 2, 2, 1
@@ -205,7 +237,9 @@ def test_inference_encodes_images_in_chunks_with_the_same_numbers(monkeypatch):
         model.vision.register_forward_hook(lambda _m, args, _out: calls.append(args[0].shape[0]))
         chunked = model.encode_images(pixels)
     assert calls == [2, 2, 1]
-    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    # the same up to float32 rounding: products of other batch sizes sum in another order
+    # (unseeded pixels gave differences up to 1.4e-6 in about one run of three)
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
     with torch.enable_grad():  # training keeps one call: the batch is what the optimiser sees
         calls.clear()
         model.encode_images(pixels)

@@ -117,6 +117,11 @@ FACT_QUESTIONS = (
 )
 
 
+#: The build's greedy text replies and its evaluation are part of what it ships: they load the
+#: weights in the checkpoint's layout, whose rounding they were made with (Owl.load's
+#: ``decoding_layout``).
+BUILD_LAYOUT = "row-major"
+
 #: owl-small's accuracy targets on a held-out world (benchmarks/small.py measures them).
 TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.90, "position": 0.90, "relation": 0.85, "read": 0.90,
            "compare": 0.85, "multiturn": 0.85, "text": 0.90}
@@ -204,7 +209,7 @@ def ensure_general(general: Path, init: Path) -> Path:
     """The self-distilled text instructions at ``general``, written by the base in ``init`` unless
     already there (the base's replies are deterministic: a rebuild reuses them)."""
     if not _holds_prompts(general):
-        general_instructions(Owl.load(init, dtype="float32"), general)
+        general_instructions(Owl.load(init, dtype="float32", decoding_layout=BUILD_LAYOUT), general)
     return general
 
 
@@ -238,7 +243,7 @@ def evaluate_installed(folder: Path, out: Path, eval_seed: int = 2000, n_per_tas
     """The installed model (assembled anew) on a held-out world and the language check:
     ``out/eval.md``, ``out/eval.json`` and the package's ``eval.json``."""
     log("evaluating the installed model on a held-out world and the language check")
-    owl = Owl.load(small_folder(folder, rebuild=True), dtype="float32")
+    owl = Owl.load(small_folder(folder, rebuild=True), dtype="float32", decoding_layout=BUILD_LAYOUT)
     result = evaluate_synth(owl, eval_seed, n_per_task, batch_size=32, targets=TARGETS)
     result["language"] = language_summary(owl)
     (out / "eval.md").write_text(markdown(result) + "\n")
