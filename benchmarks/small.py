@@ -9,9 +9,9 @@
   decoder computes exactly SmolLM2's logits);
 * ``speed``: batch-1 greedy decoding (after a prompt with one image) in tokens/s, as
   ``Owl.load`` gives the model and in the checkpoint's row-major layout (``row_major``, and the
-  ratio of the two), against the memory-bandwidth bound = measured copy bandwidth / bytes of weights read per token (the
-  decoder's text branches, its norm and the LM head, which SmolLM2 ties to the embedding:
-  ``machine.decode_weight_bytes``), and the ratio of the two.
+  ratio of the two), against the memory-bandwidth bound = measured copy bandwidth / bytes of
+  weights read per token (the decoder's text branches, its norm and the LM head, which SmolLM2
+  ties to the embedding: ``machine.decode_weight_bytes``), and the ratio of the two.
 """
 
 from __future__ import annotations

@@ -140,16 +140,22 @@ def wide_column_major(model) -> int:
     column-major, in place; returns how many. A tied LM head shares its storage with the
     embedding table, whose row lookups work on either layout."""
     done = 0
-    with torch.no_grad():
-        for _, _, linear in _linears(model):
-            if not isinstance(linear, nn.Linear):  # quantized layers have their own kernels
-                continue
-            w = linear.weight
-            if (w.device.type == "cpu" and w.dtype == torch.float32 and linear.out_features > linear.in_features
-                    and w.is_contiguous()):
-                w.data = w.data.t().contiguous().t()
-                done += 1
+    for _, _, linear in _linears(model):
+        if (isinstance(linear, nn.Linear)  # quantized layers have their own kernels
+                and linear.weight.device.type == "cpu" and linear.weight.dtype == torch.float32
+                and linear.out_features > linear.in_features):
+            done += _to_column_major(linear)
     return done
+
+
+def _to_column_major(linear: nn.Linear) -> bool:
+    """Store ``linear``'s weight as a transposed view of a ``[in, out]`` tensor (same values and
+    shape); False when it already is not row-major."""
+    if not linear.weight.is_contiguous():
+        return False
+    with torch.no_grad():
+        linear.weight.data = linear.weight.data.t().contiguous().t()
+    return True
 
 
 def optimize_for_cpu_decoding(model) -> str:
@@ -168,8 +174,8 @@ def optimize_for_cpu_decoding(model) -> str:
             fold_quick_gelu(model)
         else:
             for _, _, linear in _linears(model):
-                if isinstance(linear, nn.Linear) and linear.weight.is_contiguous():
-                    linear.weight.data = linear.weight.data.t().contiguous().t()
+                if isinstance(linear, nn.Linear):
+                    _to_column_major(linear)
             layout = "column-major"
     model._decoding_layout = layout
     return layout

@@ -26,7 +26,7 @@ from owlkit.zoo.language_check import language_summary
 from owlkit.zoo.small import TARGETS, ensure_general, short_answer_instructions, stage2_sources, train_stage
 from owlkit.zoo.small_model import SHORT_ANSWER_PROMPT, assemble_base, log
 from owlkit.zoo.synth_eval import evaluate_synth
-from owlkit.zoo.tiny import IMAGE_SIZE, ensure_world
+from owlkit.zoo.tiny import BUILD_LAYOUT, IMAGE_SIZE, ensure_world
 from owlkit.zoo.world import make_eval_set
 
 
@@ -69,11 +69,11 @@ def run_variant(name: str, seed: int, out: str | Path, *, steps_scale: float = 0
             *_overrides(variant, "stage1", instruct, threads)])
     if variant.check_stage1:
         log(f"{name} seed {seed}: the language check after stage 1")
-        result["language_stage1"] = language_summary(Owl.load(stage1, dtype="float32", decoding_layout="row-major"))
+        result["language_stage1"] = language_summary(Owl.load(stage1, dtype="float32", decoding_layout=BUILD_LAYOUT))
     train_stage("owl_small_stage2", folder / "stage2", seed, steps_scale, [
         *stage2_sources(stage1, general, instruct), *_overrides(variant, "stage2", instruct, threads)])
     merged = merge_lora(folder / "stage2", folder / "merged")
-    owl = Owl.load(merged, dtype="float32", decoding_layout="row-major")
+    owl = Owl.load(merged, dtype="float32", decoding_layout=BUILD_LAYOUT)
     log(f"{name} seed {seed}: evaluating on the held-out world (seed {eval_seed}) and the language check")
     synth = evaluate_synth(owl, eval_seed, n_per_task, batch_size=32, targets=TARGETS)
     result["tasks"] = {task: row["accuracy"] for task, row in synth["tasks"].items()}

@@ -65,7 +65,7 @@ from owlkit.zoo.small_model import (
     small_folder,
 )
 from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
-from owlkit.zoo.tiny import ensure_world
+from owlkit.zoo.tiny import BUILD_LAYOUT, ensure_world
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,11 +116,6 @@ FACT_QUESTIONS = (
     "What is the currency of the United States?",
 )
 
-
-#: The build's greedy text replies and its evaluation are part of what it ships: they load the
-#: weights in the checkpoint's layout, whose rounding they were made with (Owl.load's
-#: ``decoding_layout``).
-BUILD_LAYOUT = "row-major"
 
 #: owl-small's accuracy targets on a held-out world (benchmarks/small.py measures them).
 TARGETS = {"colour": 0.95, "shape": 0.95, "count": 0.90, "position": 0.90, "relation": 0.85, "read": 0.90,
