@@ -49,9 +49,10 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def decode_seconds(model, out, length: int, tokens: int) -> list[float]:
+def decode_seconds(model, out, length: int, tokens: int, between=None) -> list[float]:
     """Seconds of each of ``tokens`` greedy decoding steps after a prefill's output ``out``
-    over ``length`` positions, one token at a time with the cache (batch 1)."""
+    over ``length`` positions, one token at a time with the cache (batch 1). ``between``, if
+    given, is called after each step (outside the timing)."""
     cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     times = []
     with torch.inference_mode():
@@ -61,7 +62,31 @@ def decode_seconds(model, out, length: int, tokens: int) -> list[float]:
                         attention_mask=torch.ones(1, length + i + 1, dtype=torch.long))
             times.append(time.perf_counter() - start)
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            if between is not None:
+                between()
     return times
+
+
+def decode_against_bandwidth(model, out, length: int, tokens: int, weight_bytes: int, megabytes: int = 256) -> dict:
+    """Batch-1 decoding steps (:func:`decode_seconds`), each followed by a timed copy of
+    ``megabytes``: on a machine whose memory bandwidth drifts from one second to the next (a
+    shared host), each step is set against the bandwidth measured next to it. Returns the
+    median step's tokens/s, the median copy bandwidth, and the median over steps of (the step's
+    bound, ``weight_bytes`` over the bandwidth next to it) / (the step's time)."""
+    n = megabytes * 2**20 // 4
+    src, dst, bandwidths = torch.ones(n), torch.empty(n), []
+
+    def copy():
+        start = time.perf_counter()
+        dst.copy_(src)
+        bandwidths.append(2 * n * 4 / (time.perf_counter() - start))
+
+    copy()
+    bandwidths.clear()
+    times = decode_seconds(model, out, length, tokens, between=copy)
+    ratios = sorted(weight_bytes / bw / t for bw, t in zip(bandwidths, times))
+    return {"tokens_per_s": 1 / sorted(times)[tokens // 2], "bandwidth": sorted(bandwidths)[tokens // 2],
+            "of_bound": ratios[tokens // 2]}
 
 
 def decode_weight_bytes(model) -> int:

@@ -56,8 +56,9 @@ class Owl:
         else bfloat16; ``quantize="int8" | "int4"`` for weight-only quantization).
         ``image_cache_mb``: features of recently seen images are kept, so a multi-turn chat or
         several questions about one image encode it once (0 = off).
-        ``decoding_layout``: ``"auto"`` stores a float32 CPU model's wide matrices (more outputs
-        than inputs: gate, up, the LM head) column-major, which decodes faster where measured
+        ``decoding_layout``: ``"auto"`` places a float32 CPU model's decoder matrices for one-row
+        products (each layer's in one storage, query/key/value and gate/up as one product each,
+        the wide ones column-major), which decodes faster where measured
         (:mod:`owlkit.models.cpu_decoding`); ``"row-major"`` keeps the checkpoint's layout and so
         its exact rounding (owlkit's own builds load that way, to reproduce their bytes).
         """
@@ -76,7 +77,7 @@ class Owl:
         # oneDNN's prepacked layout (model.optimize_for_cpu_decoding()) stays opt-in: slower to
         # decode than the plain layouts on the machines measured, and not savable.
         if decoding_layout == "auto" and getattr(model, "hf_device_map", None) is None:
-            cpu_decoding.wide_column_major(model)
+            cpu_decoding.arrange_for_decoding(model)
         return cls(model, processor)
 
     # -- generation plumbing -----------------------------------------------------------------

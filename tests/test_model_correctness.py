@@ -177,9 +177,10 @@ def test_cpu_decoding_layout_keeps_the_numbers(tmp_path):
         torch.testing.assert_close(other(input_ids=ids, pixel_values=pv, attention_mask=mask).logits, ref, atol=1e-4, rtol=1e-4)
 
 
-def test_owl_load_stores_wide_matrices_column_major_and_keeps_them_savable(tmp_path):
-    """Owl.load's default decoding layout: gate, up and the LM head (more outputs than inputs)
-    column-major, the rest as saved; the same numbers up to rounding; a saved copy loads back
+def test_owl_load_fuses_products_stores_wide_matrices_column_major_and_keeps_them_savable(tmp_path):
+    """Owl.load's default decoding layout: each layer's query + text key/value and gate + up as
+    one column-major product, the LM head column-major, the rest as saved; the same numbers up
+    to rounding, with and without an image and through the cache; a saved copy loads back
     equal; ``decoding_layout="row-major"`` keeps every matrix as saved; a bad value is an error."""
     from helpers import make_model_folder
 
@@ -189,23 +190,91 @@ def test_owl_load_stores_wide_matrices_column_major_and_keeps_them_savable(tmp_p
 
     make_model_folder(tmp_path / "m", "test-owl2", seed=3)
     auto, plain = Owl.load(tmp_path / "m"), Owl.load(tmp_path / "m", decoding_layout="row-major")
-    wide = {name for name, m in auto.model.named_modules()
-            if isinstance(m, torch.nn.Linear) and m.out_features > m.in_features
-            and (name.startswith("language_model.") or name == "lm_head")}
-    assert "lm_head" in wide and any(n.endswith("mlp.gate_proj") for n in wide) and any(n.endswith("mlp.up_proj") for n in wide)
+    column_major = {"lm_head"}
+    for name, layer in enumerate(auto.model.language_model.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        qkv, gate_up = attn.fused_qkv, mlp.fused_gate_up
+        assert [p[2] for p in qkv.parts] == [attn.q_proj, attn.k_proj.text, attn.v_proj.text]
+        assert [p[2] for p in gate_up.parts] == [mlp.gate_proj, mlp.up_proj]
+        assert qkv.weight.shape == (sum(qkv.sizes), attn.q_proj.in_features) and not qkv.weight.is_contiguous()
+        for product in (qkv, gate_up):  # every part a view of the joint storage
+            assert {p[2].weight.untyped_storage().data_ptr() for p in product.parts} == {product.weight.untyped_storage().data_ptr()}
+        column_major |= {f"language_model.layers.{name}.{part}" for part in (
+            "self_attn.q_proj", "self_attn.k_proj.text", "self_attn.v_proj.text", "mlp.gate_proj", "mlp.up_proj")}
     for name, m in auto.model.named_modules():
         if isinstance(m, torch.nn.Linear):
-            assert m.weight.is_contiguous() == (name not in wide), name  # column-major = a transposed view
+            assert m.weight.is_contiguous() == (name not in column_major), name
     assert all(m.weight.is_contiguous() for m in plain.model.modules() if isinstance(m, torch.nn.Linear))
-    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    assert plain.model.language_model.layers[0].self_attn.fused_qkv is None
+    ids = torch.tensor([[1, 5, IMG, 6, 7, 8]])
+    pv = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(auto.model(input_ids=ids).logits, plain.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        for kwargs in ({"input_ids": ids[:, :2]}, {"input_ids": ids, "pixel_values": pv}):
+            torch.testing.assert_close(auto.model(**kwargs).logits, plain.model(**kwargs).logits, atol=1e-5, rtol=1e-5)
+    new_ids = {owl: owl.model.generate(input_ids=ids, pixel_values=pv, max_new_tokens=6, do_sample=False) for owl in (auto, plain)}
+    assert torch.equal(new_ids[auto], new_ids[plain])
     auto.model.save_pretrained(tmp_path / "saved")
     again, ref = load_model(tmp_path / "saved").state_dict(), plain.model.state_dict()
     assert all(torch.equal(again[k], ref[k]) for k in ref)
-    assert cpu_decoding.wide_column_major(auto.model) == 0  # already done: nothing to do twice
+    assert cpu_decoding.arrange_for_decoding(auto.model) == 0  # nothing twice
     with pytest.raises(InputError, match="decoding_layout must be one of auto, row-major"):
         Owl.load(tmp_path / "m", decoding_layout="packed")
+
+
+def test_fused_products_give_way_to_gradients_and_to_changed_modules(tmp_path):
+    """The joint weight serves only inference on the modules it was made from: with gradients
+    on, the parts' own weights are used (and get gradients); a weight replaced, or a projection
+    wrapped (LoRA), is used from then on, and the stale joint storage is let go."""
+    from helpers import make_model_folder
+
+    from owlkit import Owl
+
+    make_model_folder(tmp_path / "m", "test-owl2", seed=4)
+    auto, plain = Owl.load(tmp_path / "m"), Owl.load(tmp_path / "m", decoding_layout="row-major")
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    auto.model(input_ids=ids).logits.sum().backward()
+    plain.model(input_ids=ids).logits.sum().backward()
+    for a, p in ((auto.model.language_model.layers[1].self_attn.k_proj.text, plain.model.language_model.layers[1].self_attn.k_proj.text),
+                 (auto.model.language_model.layers[0].mlp.up_proj, plain.model.language_model.layers[0].mlp.up_proj)):
+        torch.testing.assert_close(a.weight.grad, p.weight.grad, atol=1e-5, rtol=1e-4)
+    for owl in (auto, plain):  # a new weight for one part, and one projection wrapped
+        attn, mlp = owl.model.language_model.layers[0].self_attn, owl.model.language_model.layers[1].mlp
+        attn.v_proj.text.weight = torch.nn.Parameter(torch.full_like(attn.v_proj.text.weight, 0.01))
+        mlp.gate_proj = torch.nn.Sequential(mlp.gate_proj, torch.nn.Tanh())
+    with torch.no_grad():
+        torch.testing.assert_close(auto.model(input_ids=ids).logits, plain.model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    assert auto.model.language_model.layers[0].self_attn.fused_qkv.stale
+    assert auto.model.language_model.layers[0].self_attn.fused_qkv.weight is None
+    assert auto.model.language_model.layers[1].mlp.fused_gate_up.stale
+    assert not auto.model.language_model.layers[1].self_attn.fused_qkv.stale
+
+
+def test_fused_products_keep_a_tied_lm_head_tied_when_saved(tmp_path):
+    """A model with tied embeddings (SmolLM2, owl-small's base) saves one table after Owl.load's
+    layout changes, and loads back equal."""
+    from helpers import train_tokenizer
+
+    from owlkit import Owl, load_model
+
+    folder = tmp_path / "m"
+    image_id = train_tokenizer(folder, 320)
+    from owlkit.config import OwlConfig
+    from owlkit.models.owl import OwlForCausalLM
+
+    config = OwlConfig.from_preset("test-owl2")
+    config.text_config.vocab_size, config.text_config.tie_word_embeddings = 320, True
+    config.tie_word_embeddings, config.image_token_id = True, image_id
+    model = OwlForCausalLM(config)
+    assert model.lm_head.weight is model.language_model.embed_tokens.weight
+    model.save_pretrained(folder)
+    owl = Owl.load(folder)
+    assert owl.model.lm_head.weight is owl.model.language_model.embed_tokens.weight
+    owl.model.save_pretrained(tmp_path / "saved")
+    again = load_model(tmp_path / "saved")
+    assert again.lm_head.weight.data_ptr() == again.language_model.embed_tokens.weight.data_ptr()
+    assert (tmp_path / "saved" / "model.safetensors").stat().st_size == (folder / "model.safetensors").stat().st_size
+    ref = load_model(folder).state_dict()
+    assert all(torch.equal(again.state_dict()[k], ref[k]) for k in ref)
 
 
 def test_packed_linear_stacks_several_products_with_and_without_bias():
@@ -244,3 +313,24 @@ def test_inference_encodes_images_in_chunks_with_the_same_numbers(monkeypatch):
         calls.clear()
         model.encode_images(pixels)
     assert calls == [5]
+
+
+def test_decoder_rms_norm_equals_llamas_bit_for_bit():
+    """The decoder's RMSNorm (one ``F.rms_norm`` in float32) gives LLaMA's numbers exactly,
+    forward and backward, so trained bytes do not change; other dtypes take LLaMA's own path."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from owlkit.models.decoder import DecoderRMSNorm
+
+    torch.manual_seed(0)
+    ours, theirs = DecoderRMSNorm(96, 1e-5), LlamaRMSNorm(96, 1e-5)
+    with torch.no_grad():
+        ours.weight.normal_()
+        theirs.weight.copy_(ours.weight)
+    for shape in ((1, 96), (4, 37, 96)):
+        x = (torch.randn(*shape) * 3).requires_grad_()
+        a, b = ours(x), theirs(x)
+        assert torch.equal(a, b)
+        assert torch.equal(torch.autograd.grad(a.square().sum(), x)[0], torch.autograd.grad(b.square().sum(), x)[0])
+    half = torch.randn(3, 96).bfloat16()
+    assert torch.equal(ours.bfloat16()(half), theirs.bfloat16()(half))

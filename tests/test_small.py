@@ -145,6 +145,52 @@ def test_owl_small_build_passes_its_options_to_the_build(monkeypatch):
                  "--stage2", "lora.r=4", "--stage2", "train.seed=3", "--no-install"]) == 0
     assert seen["out"] == "o" and seen["steps_scale"] == 0.5 and seen["install_assets"] is False
     assert seen["overrides"] == {"stage1": ["optim.lr=1e-4"], "stage2": ["lora.r=4", "train.seed=3"]}
+    assert "caption_order" not in seen and "group_questions" not in seen  # the build's own defaults
+    assert main(["small", "build", "--caption-order", "shuffled", "--group-questions", "3"]) == 0
+    assert seen["caption_order"] == "shuffled" and seen["group_questions"] == 3
+
+
+def test_stage_data_options_shuffle_caption_order_and_group_one_picture_questions(tmp_path):
+    """Shuffled captions name the same objects as the world's, in another order (the same for a
+    seed); grouped instructions join a picture's one-question records into turns (the picture
+    once, at the first), keep every question and answer once, and leave other tasks alone."""
+    from collections import Counter
+
+    from owlkit.zoo import world as W
+    from owlkit.zoo.small import ONE_QUESTION_TASKS, grouped_instructions, shuffled_captions
+
+    world = tmp_path / "w"
+    W.make_world(world, seed=3, n=60, image_size=56, fmt="jsonl", n_instruct=400)
+    rows = [json.loads(line) for line in (world / "captions.jsonl").read_text().splitlines()]
+    shuffled = [json.loads(line) for line in shuffled_captions(world, 0).read_text().splitlines()]
+    assert [r["image"] for r in shuffled] == [r["image"] for r in rows]
+
+    def phrases(text):
+        objects, _, word = text.partition(". the word")
+        return sorted(objects.rstrip(".").replace(" and ", ", ").split(", ")), word
+
+    assert all(phrases(a["caption"]) == phrases(b["caption"]) for a, b in zip(rows, shuffled))
+    assert sum(a["caption"] != b["caption"] for a, b in zip(rows, shuffled)) > 10  # several-object pictures reordered
+    assert shuffled_captions(world, 0).read_text() == (world / "captions_shuffled.jsonl").read_text()
+
+    records = json.loads((world / "instruct.json").read_text())
+    grouped = json.loads(grouped_instructions(world / "instruct.json", 3).read_text())
+    joined = [g for g in grouped if g["task"] == "grouped"]
+    assert joined and len(grouped) < len(records)
+
+    def qa(turns):
+        return [(q["value"].replace("<|image|>", "").strip(), a["value"]) for q, a in zip(turns[::2], turns[1::2])]
+
+    assert Counter(p for r in records for p in qa(r["conversations"])) == Counter(p for g in grouped for p in qa(g["conversations"]))
+    for g in joined:
+        turns = g["conversations"]
+        assert 2 <= len(turns) // 2 <= 3 and turns[0]["value"].startswith("<|image|>\n")
+        assert sum(t["value"].count("<|image|>") for t in turns) == 1
+        members = g["id"].split("+")
+        assert {r["image"] for r in records if r["id"] in members} == {g["image"]}
+        assert {r["task"] for r in records if r["id"] in members} <= set(ONE_QUESTION_TASKS)
+    others = [r for r in records if r["task"] not in ONE_QUESTION_TASKS]
+    assert [g for g in grouped if g["task"] not in ONE_QUESTION_TASKS and g["task"] != "grouped"] == others
 
 
 def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):

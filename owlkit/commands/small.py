@@ -23,6 +23,12 @@ def add_arguments(parser) -> None:
                         help="recipe override for stage 1 (repeatable; e.g. optim.lr=3e-4)")
     parser.add_argument("--stage2", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for stage 2 (repeatable)")
+    parser.add_argument("--caption-order", choices=["rows", "shuffled"], default=None,
+                        help="build: stage 1's captions name each picture's objects row by row or in a random order "
+                             "(default: the shipped build's)")
+    parser.add_argument("--group-questions", type=int, default=None, metavar="N",
+                        help="build: stage 2 asks up to N of a picture's questions in one conversation "
+                             "(default: the shipped build's)")
     parser.add_argument("--no-install", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--variant", choices=list(VARIANTS), default=None,
                         help="build: one variant of docs/paper-claims.md instead of owl-small (never installed; "
@@ -36,8 +42,11 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     variant_run = args.action == "claims" or args.variant is not None
-    if variant_run and (args.stage1 or args.stage2):
-        raise InputError("--stage1/--stage2 change owl-small's own build; a variant is defined in owlkit/zoo/claims.py")
+    if variant_run and (args.stage1 or args.stage2 or args.caption_order or args.group_questions):
+        raise InputError("--stage1/--stage2/--caption-order/--group-questions change owl-small's own build; "
+                         "a variant is defined in owlkit/zoo/claims.py")
+    if args.group_questions is not None and args.group_questions < 1:
+        raise InputError(f"--group-questions must be at least 1, got {args.group_questions}")
     if args.action == "claims" and args.variant is not None:
         raise InputError("--variant belongs to owl small build; owl small claims runs every variant its --claim needs")
     scale = args.steps_scale if args.steps_scale is not None else (0.1 if variant_run else 1.0)
@@ -58,7 +67,9 @@ def run(args) -> int:
         return 0
     from owlkit.zoo.small import build  # torch: import only when the command runs
 
+    data = {k: v for k, v in (("caption_order", args.caption_order), ("group_questions", args.group_questions))
+            if v is not None}
     build(args.out or "runs/owl-small", seed=args.seed, n_images=args.images, n_instruct=args.instructions,
           steps_scale=scale, n_per_task=n_per_task, install_assets=not args.no_install,
-          overrides={"stage1": args.stage1, "stage2": args.stage2})
+          overrides={"stage1": args.stage1, "stage2": args.stage2}, **data)
     return 0

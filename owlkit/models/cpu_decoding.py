@@ -1,17 +1,21 @@
-"""CPU decoding layouts of the decoder's matrices: wide ones column-major (the default of
+"""CPU decoding layouts of the decoder's matrices: placed for one-row products (the default of
 ``Owl.load``), or all of them prepacked for oneDNN (opt-in).
 
-**Wide matrices column-major** (:func:`wide_column_major`). A decoding step multiplies one row
-per sample by every matrix. With PyTorch's row-major ``[out, in]`` weight, that product streams
-a matrix with few inputs slowly on some CPUs: on a 2-core AVX2 machine (2026-12), a 1,536 x 576
-matrix at 7 GB/s and SmolLM2's 49,152 x 576 LM head at 9.3 GB/s, against 11.5 and 17.2 GB/s
-for the same weights stored column-major; a matrix with more inputs than outputs (576 x 1,536)
-is the other way round (10.9 against 8.8). So the matrices with more outputs than inputs (the
-MLP's gate and up, the LM head) are stored column-major: the same ``nn.Linear``, trainable
-and savable, its weight a transposed view. owl-small decoded 1.40x faster
-(docs/owl-small.md). The two layouts round differently (a few units in the last place; up to
-1e-4 on large logits), so a build that must give the same bytes as before loads with
-``decoding_layout="row-major"``.
+**Placed for decoding** (:func:`arrange_for_decoding`). A decoding step multiplies one row per
+sample by every matrix, so it streams the weights, and how fast depends on their layout. With
+PyTorch's row-major ``[out, in]`` weight a matrix with few inputs streams slowly on some CPUs: on
+a 2-core AVX2 machine (2026-12), a 1,536 x 576 matrix at 7 GB/s and SmolLM2's 49,152 x 576 LM
+head at 9.3 GB/s, against 11.5 and 17.2 GB/s column-major; a matrix with more inputs than
+outputs (576 x 1,536) is the other way round. And several short products of one input cost
+more than one long one. So each decoder layer's text-side matrices are copied into one storage,
+in the order a step reads them: the query, text key and text value projections side by side as
+one column-major product, the output projection row-major, gate and up as one column-major
+product, down row-major; the LM head column-major. Each ``nn.Linear`` keeps its weight as a view
+(the model trains, saves and loads as before); the decoder runs a fused product only without
+gradients and while its parts are unchanged (:class:`~owlkit.models.decoder.FusedProduct`).
+docs/performance.md has the measurements. The layouts round differently from the checkpoint's
+(a few units in the last place; up to 1e-4 on large logits), so a build that must give the
+same bytes as before loads with ``decoding_layout="row-major"``.
 
 A decoding step multiplies one row per sample by every decoder matrix, so it is bound by how
 fast the weights stream from memory. Whether oneDNN's prepacked ``linear`` streams them faster
@@ -37,6 +41,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers.activations import QuickGELUActivation
+
+from owlkit.models.decoder import DecoderLayer, DecoderMLP, FusedProduct, ModalitySwitch
 
 _BATCH_HINT = 8  # oneDNN's packing hint; the packed weight serves any batch size
 
@@ -134,18 +140,102 @@ def _linears(model):
 
 LAYOUTS = ("auto", "row-major")
 
+_ALIGN = 16  # floats: each matrix in a layer's storage starts on a 64-byte boundary
 
-def wide_column_major(model) -> int:
-    """Store the decoder's (and the LM head's) float32 CPU matrices with more outputs than inputs
-    column-major, in place; returns how many. A tied LM head shares its storage with the
-    embedding table, whose row lookups work on either layout."""
-    done = 0
-    for _, _, linear in _linears(model):
-        if (isinstance(linear, nn.Linear)  # quantized layers have their own kernels
-                and linear.weight.device.type == "cpu" and linear.weight.dtype == torch.float32
-                and linear.out_features > linear.in_features):
-            done += _to_column_major(linear)
-    return done
+
+def _placeable(linears: list) -> bool:
+    first = linears[0]
+    return all(isinstance(lin, nn.Linear) and lin.bias is None and lin.in_features == first.in_features
+               and lin.weight.device.type == "cpu" and lin.weight.dtype == torch.float32
+               for lin in linears)
+
+
+def _text_branch(attention: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module = getattr(attention, name)
+    return (module, "text") if isinstance(module, ModalitySwitch) else (attention, name)
+
+
+def _groups(layer) -> list[tuple[nn.Module | None, str | None, list[tuple[nn.Module, str]]]]:
+    """A decoder layer's text-side products in the order a decoding step runs them: (module that
+    holds the fused product, its attribute, the linears side by side)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    groups = [(attn, "fused_qkv", [(attn, "q_proj"), _text_branch(attn, "k_proj"), _text_branch(attn, "v_proj")]),
+              (None, None, [(attn, "o_proj")])]
+    if isinstance(mlp, DecoderMLP):
+        groups += [(mlp, "fused_gate_up", [(mlp, "gate_proj"), (mlp, "up_proj")]), (None, None, [(mlp, "down_proj")])]
+    return groups
+
+
+def _place(groups) -> int:
+    """Copy each group's weights into one storage (the layer's), side by side, and make them views of it: a
+    group with more outputs than inputs column-major (one row of a decoding step streams those
+    faster), the others row-major. Groups of several linears become :class:`FusedProduct`."""
+    groups = [(holder, attr, parts, [getattr(p, n) for p, n in parts]) for holder, attr, parts in groups]
+    groups = [g for g in groups if _placeable(g[3]) and (g[0] is None or getattr(g[0], g[1]) is None)]
+    sizes = [-(-sum(lin.weight.numel() for lin in linears) // _ALIGN) * _ALIGN for *_, linears in groups]
+    if not groups:
+        return 0
+    storage, start = torch.empty(sum(sizes)), 0
+    with torch.no_grad():
+        for (holder, attr, parts, linears), size in zip(groups, sizes):
+            n_in, n_out = linears[0].in_features, sum(lin.out_features for lin in linears)
+            region = storage[start:start + n_in * n_out]
+            start += size
+            if n_out > n_in:  # [in, out] row-major = [out, in] column-major
+                block = region.view(n_in, n_out)
+                torch.cat([lin.weight.detach().t() for lin in linears], dim=1, out=block)
+                joint, column = block.t(), 0
+                for lin in linears:
+                    lin.weight.data = block[:, column:column + lin.out_features].t()
+                    column += lin.out_features
+            else:
+                joint = region.view(n_out, n_in)
+                torch.cat([lin.weight.detach() for lin in linears], dim=0, out=joint)
+                row = 0
+                for lin in linears:
+                    lin.weight.data = joint[row:row + lin.out_features]
+                    row += lin.out_features
+            if holder is not None:
+                setattr(holder, attr, FusedProduct(joint, tuple(lin.out_features for lin in linears), tuple(
+                    (parent, name, lin, lin.weight.data_ptr()) for (parent, name), lin in zip(parts, linears))))
+    return len(groups)
+
+
+def arrange_for_decoding(model) -> int:
+    """``Owl.load``'s default layout of a float32 CPU decoder (module doc); returns how many
+    products were placed. Each decoder layer's text-side matrices go into one storage in the
+    order a step reads them; the query with the text key and value, and gate with up, become
+    one product each (:class:`~owlkit.models.decoder.FusedProduct`); the LM head gets a storage
+    of its own, column-major. Every linear keeps its own weight, as a view: the model trains,
+    saves (:func:`savable_state_dict`) and loads as before, and the decoder takes the separate
+    products whenever a part changes. Layers already placed, quantized or with biases are left
+    as they are. A tied LM head shares its storage with the embedding table, whose row lookups
+    work on either layout."""
+    if getattr(model, "_arranged_for_decoding", False):
+        return 0
+    placed = sum(_place(_groups(layer)) for layer in model.language_model.layers if isinstance(layer, DecoderLayer))
+    placed += _place([(None, None, [(model, "lm_head")])])
+    model._arranged_for_decoding = True
+    return placed
+
+
+def savable_state_dict(model) -> dict[str, torch.Tensor] | None:
+    """The state dict with every weight that is a column-major or partial view (of a layer's storage)
+    copied into a tensor of its own (safetensors writes neither interleaved views nor shared
+    storage); a tensor held under several names (a tied LM head) stays one tensor. None when
+    nothing needs it."""
+    def own(t: torch.Tensor) -> bool:
+        return t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+
+    state = model.state_dict()
+    if all(own(v) for v in state.values()):
+        return None
+    copies: dict[tuple, torch.Tensor] = {}
+    for name, tensor in state.items():
+        if not own(tensor):
+            key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype)
+            state[name] = copies.setdefault(key, tensor.clone(memory_format=torch.contiguous_format))
+    return state
 
 
 def _to_column_major(linear: nn.Linear) -> bool:

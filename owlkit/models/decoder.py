@@ -14,9 +14,17 @@ support, rotary embeddings from transformers (``rope_parameters`` of the LLaMA c
 linear/dynamic/llama3 scaling work) and transformers' cache classes. Padding is honoured:
 positions come from the attention mask (``cumsum - 1``) and padded keys are masked at every
 step, so left-padded batches give the same numbers as single samples.
+
+At inference, products that read the same input can run as one (:class:`FusedProduct`: the
+attention's query and text key/value projections, the MLP's gate and up), when
+:func:`owlkit.models.cpu_decoding.arrange_for_decoding` has put their weights side by side in one
+storage (``Owl.load``'s default on a CPU). Training, and any change to those modules or their
+weights, takes the ordinary path.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +35,7 @@ from transformers.models.llama.modeling_llama import (
     LlamaRMSNorm,
     LlamaRotaryEmbedding,
     apply_rotary_pos_emb,
+    rotate_half,
 )
 
 
@@ -51,15 +60,86 @@ class ModalitySwitch(nn.Module):
         return out.view(*x.shape[:-1], -1)
 
 
+@dataclass
+class FusedProduct:
+    """Several bias-free ``nn.Linear`` of one input whose weights are views of one storage
+    (``weight``: ``[sum of outputs, in]``), so that one product computes all of them.
+
+    ``parts`` names each linear by its parent module and attribute, with the address its weight
+    had when fused. :meth:`weight_if_current` gives the joint weight only while every part is still
+    that linear with that weight (not wrapped by an adapter, not cast or moved, not quantized)
+    and no gradient is being recorded (the joint weight is not a parameter); otherwise callers
+    take the ordinary path, and a stale product lets its storage go.
+    """
+
+    weight: torch.Tensor
+    sizes: tuple[int, ...]
+    parts: tuple[tuple[nn.Module, str, nn.Linear, int], ...]
+    stale: bool = False
+
+    def weight_if_current(self) -> torch.Tensor | None:
+        if self.stale or torch.is_grad_enabled():
+            return None
+        for parent, name, linear, address in self.parts:
+            if getattr(parent, name) is not linear or linear.weight.data_ptr() != address or linear.bias is not None:
+                self.stale, self.weight, self.parts = True, None, ()
+                return None
+        return self.weight
+
+
+def _fused(product: FusedProduct | None, x: torch.Tensor, split: bool = True):
+    """``product``'s outputs for ``x``, one tensor a part (or side by side: ``split=False``), or
+    None when it cannot serve."""
+    weight = None if product is None else product.weight_if_current()
+    if weight is None:
+        return None
+    joint = F.linear(x, weight)
+    return joint.split(product.sizes, dim=-1) if split else joint
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of ``x`` [B, heads, L, head_dim]: transformers' ``apply_rotary_pos_emb``
+    for one tensor (the same operations, so the same numbers)."""
+    return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
+
+
+class DecoderRMSNorm(LlamaRMSNorm):
+    """LLaMA's RMSNorm; float32 through ``F.rms_norm``: one operation instead of six, and the
+    same numbers bit for bit (forward and gradients; tests/test_model_correctness.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.variance_epsilon)
+        return super().forward(x)
+
+
+class DecoderMLP(LlamaMLP):
+    """LLaMA's MLP, with gate and up as one product when fused (module doc)."""
+
+    fused_gate_up: FusedProduct | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = _fused(self.fused_gate_up, x)
+        if parts is None:
+            return super().forward(x)
+        gate, up = parts
+        return self.down_proj(self.act_fn(gate).mul_(up))  # in place: inference only (FusedProduct)
+
+
 def _maybe_modal(make, modality_adaptive: bool) -> nn.Module:
     return ModalitySwitch(make(), make()) if modality_adaptive else make()
 
 
 def _call(module: nn.Module, x: torch.Tensor, visual_mask):
-    return module(x, visual_mask) if isinstance(module, ModalitySwitch) else module(x)
+    if isinstance(module, ModalitySwitch):  # no visual token: the text module, one call fewer
+        return module.text(x) if visual_mask is None else module(x, visual_mask)
+    return module(x)
 
 
 class DecoderAttention(nn.Module):
+    #: query and text key/value as one product, when fused (module doc)
+    fused_qkv: FusedProduct | None = None
+
     def __init__(self, config: LlamaConfig, layer_idx: int, modality_adaptive: bool):
         super().__init__()
         self.layer_idx = layer_idx
@@ -77,11 +157,19 @@ class DecoderAttention(nn.Module):
     def forward(self, x, shape, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values):
         """``x`` is [B*L, D] (2-D: MKL is many times slower on 3-D inputs of one row per sample)."""
         b, length = shape
-        q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
-        k = _call(self.k_proj, x, visual_mask).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = _call(self.v_proj, x, visual_mask).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = position_embeddings
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        joint = _fused(self.fused_qkv, x, split=False) if visual_mask is None else None
+        if joint is not None:  # query and key heads side by side: one rotation for both
+            heads = joint.view(b, length, -1, self.head_dim)
+            n_qk = self.num_heads + self.num_kv_heads
+            qk = _rotate(heads[:, :, :n_qk].transpose(1, 2), cos, sin)
+            q, k = qk[:, : self.num_heads], qk[:, self.num_heads:]
+            v = heads[:, :, n_qk:].transpose(1, 2)
+        else:
+            q = self.q_proj(x).view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+            k = _call(self.k_proj, x, visual_mask).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            v = _call(self.v_proj, x, visual_mask).view(b, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         out = F.scaled_dot_product_attention(
@@ -98,10 +186,10 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int, modality_adaptive: bool):
         super().__init__()
         eps = config.rms_norm_eps
-        self.input_layernorm = _maybe_modal(lambda: LlamaRMSNorm(config.hidden_size, eps), modality_adaptive)
+        self.input_layernorm = _maybe_modal(lambda: DecoderRMSNorm(config.hidden_size, eps), modality_adaptive)
         self.self_attn = DecoderAttention(config, layer_idx, modality_adaptive)
-        self.post_attention_layernorm = _maybe_modal(lambda: LlamaRMSNorm(config.hidden_size, eps), modality_adaptive)
-        self.mlp = LlamaMLP(config)
+        self.post_attention_layernorm = _maybe_modal(lambda: DecoderRMSNorm(config.hidden_size, eps), modality_adaptive)
+        self.mlp = DecoderMLP(config)
 
     def forward(self, x, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values):
         shape = x.shape[:2]
@@ -150,7 +238,7 @@ class OwlDecoder(nn.Module):
         self.layers = nn.ModuleList(
             DecoderLayer(config, i, modality_adaptive) for i in range(config.num_hidden_layers)
         )
-        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = DecoderRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config)
         self.gradient_checkpointing = False
 

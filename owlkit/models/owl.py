@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from owlkit.config import IGNORE_INDEX, OwlConfig
 from owlkit.errors import InputError, OwlError
@@ -91,7 +92,7 @@ class OwlPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
-        elif type(module).__name__ == "LlamaRMSNorm":
+        elif isinstance(module, LlamaRMSNorm):
             module.weight.fill_(1.0)
         elif type(module).__name__ == "VisionEmbeddings":
             module.cls_token.normal_(0.0, std)
@@ -162,6 +163,8 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
     def save_pretrained(self, *args, **kwargs):
         if getattr(self, "_decoding_layout", None) == "onednn-packed":
             raise OwlError("this model was prepacked for CPU decoding and cannot be saved; load it again to save it")
+        if kwargs.get("state_dict") is None:  # fused products' weights leave their joint storage
+            kwargs["state_dict"] = cpu_decoding.savable_state_dict(self)
         return super().save_pretrained(*args, **kwargs)
 
     # -- images ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from owlkit.config import IMAGE_PLACEHOLDER
 from owlkit.errors import CheckpointError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
@@ -66,6 +68,8 @@ from owlkit.zoo.small_model import (
 )
 from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
 from owlkit.zoo.tiny import BUILD_LAYOUT, ensure_world
+from owlkit.zoo.world.files import load_scenes
+from owlkit.zoo.world.language import caption
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +196,64 @@ def short_answer_instructions(world: Path, prompt: str) -> Path:
     return out
 
 
+def shuffled_captions(world: Path, seed: int) -> Path:
+    """The world's captions with each picture's objects named in a random order (seeded; file
+    order kept), as ``captions_shuffled.jsonl`` beside them. In reading order, stage 1 teaches
+    where-then-what lookups only: docs/owl-small.md, "Where the binding is lost"."""
+    scenes = load_scenes(world)
+    rng = random.Random(seed)
+    lines = []
+    for line in (world / "captions.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            lines.append(json.dumps(dict(row, caption=caption(scenes[row["image"]], rng))))
+    path = world / "captions_shuffled.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+#: Tasks whose records ask one question about one picture: the ones :func:`grouped_instructions` joins.
+ONE_QUESTION_TASKS = ("count", "position", "colour", "shape", "relation", "read")
+
+
+def grouped_instructions(instruct: Path, max_questions: int) -> Path:
+    """``instruct``'s one-question records about the same picture joined into conversations of up
+    to ``max_questions`` turns (in file order; the picture once, at the first question), as
+    LLaVA's instruction data asks several questions of one image: the picture's positions and
+    the template's are then paid once for several supervised answers. Other records (captions,
+    comparisons, multi-turn, text-only) stay as they are. Written beside ``instruct`` as
+    ``instruct_grouped.json``; a joined record's task is ``grouped``."""
+    records = json.loads(instruct.read_text())
+    groups: dict[str, list[dict]] = {}
+    out: list[dict] = []
+    for record in records:
+        image = record.get("image")
+        if record.get("task") not in ONE_QUESTION_TASKS or not isinstance(image, str):
+            out.append(record)
+            continue
+        group = groups.get(image)
+        if group is None or len(group) == max_questions:
+            group = groups[image] = [record]
+            out.append({"group": group})
+        else:
+            group.append(record)
+    joined = []
+    for item in out:
+        if "group" not in item:
+            joined.append(item)
+            continue
+        first, *rest = item["group"]
+        turns = list(first["conversations"])
+        for record in rest:
+            question, answer = record["conversations"]
+            turns += [dict(question, value=question["value"].replace(IMAGE_PLACEHOLDER, "").strip()), answer]
+        joined.append(first if not rest else {"id": "+".join(r["id"] for r in item["group"]), "task": "grouped",
+                                               "image": first["image"], "conversations": turns})
+    path = instruct.with_name("instruct_grouped.json")
+    path.write_text(json.dumps(joined, indent=1))
+    return path
+
+
 def stage2_sources(stage1: Path, general: Path, instruct: Path) -> list[str]:
     """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``):
     the world's instructions ``instruct`` (twice: all, then the reading questions again) and the
@@ -210,9 +272,14 @@ def ensure_general(general: Path, init: Path) -> Path:
 
 def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
           eval_seed: int = 2000, n_per_task: int = 100, steps_scale: float = 1.0, install_assets: bool = True,
-          overrides: dict[str, list[str]] | None = None) -> dict:
+          overrides: dict[str, list[str]] | None = None, caption_order: str = "rows", group_questions: int = 1) -> dict:
     """World, base, stage 1, stage 2, evaluation, installation (module doc). ``overrides``:
-    extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``)."""
+    extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``).
+    ``caption_order``: stage 1's captions in reading order (``"rows"``) or each picture's objects
+    in a random order (``"shuffled"``: :func:`shuffled_captions`); ``group_questions``: stage 2
+    asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`)."""
+    if caption_order not in ("rows", "shuffled"):
+        raise ValueError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
     out, overrides = Path(out), overrides or {}
     writable_folder(out, "owl-small's working folder")
     base_gguf()  # a missing base stops the build before anything is written
@@ -222,11 +289,14 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT)
     general = ensure_general(out / "general.json", init)
     instruct = short_answer_instructions(world, SHORT_ANSWER_PROMPT)
+    captions = shuffled_captions(world, seed) if caption_order == "shuffled" else world / "captions.jsonl"
 
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
-        f"model.init={init}", f"data.sources.0.path={world / 'captions.jsonl'}", *overrides.get("stage1", [])])
-    train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [
-        *stage2_sources(stage1, general, instruct), *overrides.get("stage2", [])])
+        f"model.init={init}", f"data.sources.0.path={captions}", *overrides.get("stage1", [])])
+    sources = stage2_sources(stage1, general, instruct)
+    if group_questions > 1:  # the reading questions' second pass (source 2) stays one question a sample
+        sources[1] = f"data.sources.0.path={grouped_instructions(instruct, group_questions)}"
+    train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [*sources, *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, out / "stage2", folder)
     result = evaluate_installed(folder, out, eval_seed, n_per_task)

@@ -36,12 +36,16 @@ def _join(parts: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def caption(scene: Scene) -> str:
-    """The canonical description.
+def caption(scene: Scene, rng: random.Random | None = None) -> str:
+    """The canonical description, objects in reading order (row by row), or in an order drawn
+    from ``rng``: then which object comes next says nothing of where it is, and a model
+    continuing a caption must find objects by what they are.
 
     E.g. ``"a big red circle at the top left and a small blue square in the center."``.
     """
     objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    if rng is not None:
+        rng.shuffle(objects)
     if objects:
         text = _join([f"a {o.size} {o.colour} {o.shape} {where_phrase(o.row, o.col)}" for o in objects]) + "."
     else:
