@@ -247,6 +247,11 @@ def test_fused_products_give_way_to_gradients_and_to_changed_modules(tmp_path):
     assert auto.model.language_model.layers[0].self_attn.fused_qkv.weight is None
     assert auto.model.language_model.layers[1].mlp.fused_gate_up.stale
     assert not auto.model.language_model.layers[1].self_attn.fused_qkv.stale
+    auto.model.float()  # nothing changes: the products stay
+    assert not auto.model.language_model.layers[1].self_attn.fused_qkv.stale
+    auto.model.to(torch.bfloat16)  # cast: stale at once, their float32 storage let go
+    assert auto.model.language_model.layers[1].self_attn.fused_qkv.stale
+    assert auto.model.language_model.layers[0].mlp.fused_gate_up.weight is None
 
 
 def test_fused_products_keep_a_tied_lm_head_tied_when_saved(tmp_path):

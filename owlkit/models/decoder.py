@@ -77,14 +77,18 @@ class FusedProduct:
     parts: tuple[tuple[nn.Module, str, nn.Linear, int], ...]
     stale: bool = False
 
+    def check(self) -> bool:
+        """Whether every part is still the linear and the weight it was made from; a product
+        that is not lets its storage go, for good."""
+        if not self.stale:
+            for parent, name, linear, address in self.parts:
+                if getattr(parent, name) is not linear or linear.weight.data_ptr() != address or linear.bias is not None:
+                    self.stale, self.weight, self.parts = True, None, ()
+                    break
+        return not self.stale
+
     def weight_if_current(self) -> torch.Tensor | None:
-        if self.stale or torch.is_grad_enabled():
-            return None
-        for parent, name, linear, address in self.parts:
-            if getattr(parent, name) is not linear or linear.weight.data_ptr() != address or linear.bias is not None:
-                self.stale, self.weight, self.parts = True, None, ()
-                return None
-        return self.weight
+        return None if torch.is_grad_enabled() or not self.check() else self.weight
 
 
 def _fused(product: FusedProduct | None, x: torch.Tensor, split: bool = True):
@@ -117,6 +121,14 @@ class DecoderMLP(LlamaMLP):
     """LLaMA's MLP, with gate and up as one product when fused (module doc)."""
 
     fused_gate_up: FusedProduct | None = None
+
+    def _apply(self, fn, recurse=True):
+        """After ``.to()``, ``.half()`` and the like: a product whose weights were cast or moved
+        lets its old storage go at once."""
+        out = super()._apply(fn, recurse)
+        if self.fused_gate_up is not None:
+            self.fused_gate_up.check()
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = _fused(self.fused_gate_up, x)
@@ -153,6 +165,12 @@ class DecoderAttention(nn.Module):
         self.k_proj = _maybe_modal(lambda: nn.Linear(d, kv, bias=bias), modality_adaptive)
         self.v_proj = _maybe_modal(lambda: nn.Linear(d, kv, bias=bias), modality_adaptive)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
+
+    def _apply(self, fn, recurse=True):  # as DecoderMLP._apply
+        out = super()._apply(fn, recurse)
+        if self.fused_qkv is not None:
+            self.fused_qkv.check()
+        return out
 
     def forward(self, x, shape, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values):
         """``x`` is [B*L, D] (2-D: MKL is many times slower on 3-D inputs of one row per sample)."""
