@@ -43,3 +43,23 @@ def test_decode_weight_bytes_counts_what_a_text_step_reads(tie):
     assert visual > 0
     expected = layers + model.language_model.norm.weight.numel() + model.lm_head.weight.numel()
     assert machine.decode_weight_bytes(model) == 4 * expected
+
+
+def test_decode_against_bandwidth_sets_each_step_against_the_copy_beside_it():
+    """The CPU benchmarks' bound (benchmarks/machine.py): one copy timed after every decoding
+    step, the medians and the median ratio of step bound to step time."""
+    from helpers import tiny_model
+
+    model = tiny_model("test-owl2")
+    machine = load_benchmark("machine")
+    ids = torch.tensor([[1, 5, 6, 7]])
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+    copies = []
+    times = machine.decode_seconds(model, out, 4, 3, between=lambda: copies.append(1))
+    assert len(times) == 3 and len(copies) == 3 and all(t > 0 for t in times)
+    with torch.inference_mode():
+        out = model(input_ids=ids, use_cache=True)
+    result = machine.decode_against_bandwidth(model, out, 4, 5, machine.decode_weight_bytes(model), megabytes=8)
+    assert set(result) == {"tokens_per_s", "bandwidth", "of_bound"}
+    assert result["tokens_per_s"] > 0 and result["bandwidth"] > 1e8 and 0 < result["of_bound"]

@@ -135,7 +135,7 @@ def test_general_questions_and_their_matching():
     assert os.path.exists(small.SMALL_ASSETS.parent)
 
 
-def test_owl_small_build_passes_its_options_to_the_build(monkeypatch):
+def test_owl_small_build_passes_its_options_to_the_build(monkeypatch, capsys):
     from owlkit.cli import main
     from owlkit.zoo import small as small_build
 
@@ -148,6 +148,22 @@ def test_owl_small_build_passes_its_options_to_the_build(monkeypatch):
     assert "caption_order" not in seen and "group_questions" not in seen  # the build's own defaults
     assert main(["small", "build", "--caption-order", "shuffled", "--group-questions", "3"]) == 0
     assert seen["caption_order"] == "shuffled" and seen["group_questions"] == 3
+    seen.clear()
+    for bad, message in ((["--group-questions", "0"], "--group-questions must be at least 1, got 0"),
+                         (["--variant", "no-mam", "--caption-order", "shuffled"], "change owl-small's own build")):
+        assert main(["small", "build", *bad]) == 2 and message in capsys.readouterr().err
+    assert not seen  # refused before any build
+
+
+def test_the_build_refuses_bad_data_options_before_writing_anything(tmp_path):
+    from owlkit.errors import InputError
+    from owlkit.zoo import small as small_build
+
+    with pytest.raises(InputError, match="caption_order must be 'rows' or 'shuffled', got 'columns'"):
+        small_build.build(tmp_path / "o", caption_order="columns")
+    with pytest.raises(InputError, match="group_questions must be at least 1, got 0"):
+        small_build.build(tmp_path / "o", group_questions=0)
+    assert not (tmp_path / "o").exists()
 
 
 def test_stage_data_options_shuffle_caption_order_and_group_one_picture_questions(tmp_path):

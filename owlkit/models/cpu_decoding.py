@@ -238,16 +238,6 @@ def savable_state_dict(model) -> dict[str, torch.Tensor] | None:
     return state
 
 
-def _to_column_major(linear: nn.Linear) -> bool:
-    """Store ``linear``'s weight as a transposed view of a ``[in, out]`` tensor (same values and
-    shape); False when it already is not row-major."""
-    if not linear.weight.is_contiguous():
-        return False
-    with torch.no_grad():
-        linear.weight.data = linear.weight.data.t().contiguous().t()
-    return True
-
-
 def optimize_for_cpu_decoding(model) -> str:
     """Pack (or, failing that, transpose) the decoder's matrices; returns the layout used."""
     if getattr(model, "_decoding_layout", None):
@@ -264,8 +254,8 @@ def optimize_for_cpu_decoding(model) -> str:
             fold_quick_gelu(model)
         else:
             for _, _, linear in _linears(model):
-                if isinstance(linear, nn.Linear):
-                    _to_column_major(linear)
+                if isinstance(linear, nn.Linear) and linear.weight.is_contiguous():
+                    linear.weight.data = linear.weight.data.t().contiguous().t()
             layout = "column-major"
     model._decoding_layout = layout
     return layout

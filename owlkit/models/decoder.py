@@ -122,14 +122,6 @@ class DecoderMLP(LlamaMLP):
 
     fused_gate_up: FusedProduct | None = None
 
-    def _apply(self, fn, recurse=True):
-        """After ``.to()``, ``.half()`` and the like: a product whose weights were cast or moved
-        lets its old storage go at once."""
-        out = super()._apply(fn, recurse)
-        if self.fused_gate_up is not None:
-            self.fused_gate_up.check()
-        return out
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = _fused(self.fused_gate_up, x)
         if parts is None:
@@ -165,12 +157,6 @@ class DecoderAttention(nn.Module):
         self.k_proj = _maybe_modal(lambda: nn.Linear(d, kv, bias=bias), modality_adaptive)
         self.v_proj = _maybe_modal(lambda: nn.Linear(d, kv, bias=bias), modality_adaptive)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, d, bias=bias)
-
-    def _apply(self, fn, recurse=True):  # as DecoderMLP._apply
-        out = super()._apply(fn, recurse)
-        if self.fused_qkv is not None:
-            self.fused_qkv.check()
-        return out
 
     def forward(self, x, shape, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values):
         """``x`` is [B*L, D] (2-D: MKL is many times slower on 3-D inputs of one row per sample)."""
@@ -208,6 +194,15 @@ class DecoderLayer(nn.Module):
         self.self_attn = DecoderAttention(config, layer_idx, modality_adaptive)
         self.post_attention_layernorm = _maybe_modal(lambda: DecoderRMSNorm(config.hidden_size, eps), modality_adaptive)
         self.mlp = DecoderMLP(config)
+
+    def _apply(self, fn, recurse=True):
+        """After ``.to()``, ``.half()`` and the like: a fused product whose weights were cast or
+        moved lets its old storage go at once, not at the next forward."""
+        out = super()._apply(fn, recurse)
+        for product in (self.self_attn.fused_qkv, getattr(self.mlp, "fused_gate_up", None)):
+            if product is not None:
+                product.check()
+        return out
 
     def forward(self, x, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values):
         shape = x.shape[:2]

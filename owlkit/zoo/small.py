@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import save_file
 
 from owlkit.config import IMAGE_PLACEHOLDER
-from owlkit.errors import CheckpointError
+from owlkit.errors import CheckpointError, InputError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
 from owlkit.training import train
@@ -223,35 +223,33 @@ def grouped_instructions(instruct: Path, max_questions: int) -> Path:
     the template's are then paid once for several supervised answers. Other records (captions,
     comparisons, multi-turn, text-only) stay as they are. Written beside ``instruct`` as
     ``instruct_grouped.json``; a joined record's task is ``grouped``."""
-    records = json.loads(instruct.read_text())
-    groups: dict[str, list[dict]] = {}
-    out: list[dict] = []
-    for record in records:
+    open_groups: dict[str, list[dict]] = {}
+    items: list[dict | list[dict]] = []  # a record as it is, or a group (a list) in its first record's place
+    for record in json.loads(instruct.read_text()):
         image = record.get("image")
         if record.get("task") not in ONE_QUESTION_TASKS or not isinstance(image, str):
-            out.append(record)
-            continue
-        group = groups.get(image)
-        if group is None or len(group) == max_questions:
-            group = groups[image] = [record]
-            out.append({"group": group})
+            items.append(record)
+        elif len(open_groups.get(image, ())) % max_questions:
+            open_groups[image].append(record)
         else:
-            group.append(record)
-    joined = []
-    for item in out:
-        if "group" not in item:
-            joined.append(item)
-            continue
-        first, *rest = item["group"]
-        turns = list(first["conversations"])
-        for record in rest:
-            question, answer = record["conversations"]
-            turns += [dict(question, value=question["value"].replace(IMAGE_PLACEHOLDER, "").strip()), answer]
-        joined.append(first if not rest else {"id": "+".join(r["id"] for r in item["group"]), "task": "grouped",
-                                               "image": first["image"], "conversations": turns})
+            open_groups[image] = [record]
+            items.append(open_groups[image])
+    joined = [_joined(item) if isinstance(item, list) else item for item in items]
     path = instruct.with_name("instruct_grouped.json")
     path.write_text(json.dumps(joined, indent=1))
     return path
+
+
+def _joined(group: list[dict]) -> dict:
+    """One-question records about one picture as one conversation (the picture once, first)."""
+    first, *rest = group
+    if not rest:
+        return first
+    turns = list(first["conversations"])
+    for record in rest:
+        question, answer = record["conversations"]
+        turns += [dict(question, value=question["value"].replace(IMAGE_PLACEHOLDER, "").strip()), answer]
+    return {"id": "+".join(r["id"] for r in group), "task": "grouped", "image": first["image"], "conversations": turns}
 
 
 def stage2_sources(stage1: Path, general: Path, instruct: Path) -> list[str]:
@@ -279,7 +277,9 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     in a random order (``"shuffled"``: :func:`shuffled_captions`); ``group_questions``: stage 2
     asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`)."""
     if caption_order not in ("rows", "shuffled"):
-        raise ValueError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
+        raise InputError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
+    if group_questions < 1:
+        raise InputError(f"group_questions must be at least 1, got {group_questions}")
     out, overrides = Path(out), overrides or {}
     writable_folder(out, "owl-small's working folder")
     base_gguf()  # a missing base stops the build before anything is written
