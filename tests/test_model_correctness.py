@@ -254,6 +254,66 @@ def test_fused_products_give_way_to_gradients_and_to_changed_modules(tmp_path):
     assert auto.model.language_model.layers[0].mlp.fused_gate_up.weight is None
 
 
+def _cached_steps(model, ids, steps: int, mask=None) -> list[torch.Tensor]:
+    """Logits of a prefill and then ``steps`` one-position steps through the cache (fixed tokens:
+    a random model's argmax may be the image placeholder)."""
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, use_cache=True)
+        logits = [out.logits[:, -1]]
+        for step in range(steps):
+            mask = None if mask is None else torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = model(input_ids=torch.full((ids.shape[0], 1), 20 + step), past_key_values=out.past_key_values,
+                        attention_mask=mask, use_cache=True)
+            logits.append(out.logits[:, -1])
+    return logits
+
+
+def test_step_plan_gives_the_layers_numbers_bit_for_bit_and_gives_way_to_changes(tmp_path):
+    """Owl.load's placed decoder runs one-position steps as a flat loop (StepPlan): the same
+    logits bit for bit as the layers' own forward, one sample or several; padded batches, hooks,
+    replaced modules and casts take the ordinary path, and a plan that no longer fits is dropped."""
+    from helpers import make_model_folder
+
+    from owlkit import Owl
+    from owlkit.models.decode_step import StepPlan
+
+    make_model_folder(tmp_path / "m", "test-owl2", seed=5)
+    model = Owl.load(tmp_path / "m").model
+    decoder = model.language_model
+    plan = decoder.step_plan
+    assert isinstance(plan, StepPlan) and len(plan.layers) == len(decoder.layers)
+    assert Owl.load(tmp_path / "m", decoding_layout="row-major").model.language_model.step_plan is None
+    runs = []
+    plan.run = lambda *a, _run=plan.run: runs.append(1) or _run(*a)
+    ids = torch.tensor([[1, 5, 6, 7, 8], [2, 9, 4, 12, 11]])
+    for batch in (ids[:1], ids):
+        runs.clear()
+        with_plan = _cached_steps(model, batch, 5)
+        assert len(runs) == 5
+        decoder.step_plan = None
+        without = _cached_steps(model, batch, 5)
+        decoder.step_plan = plan
+        assert all(torch.equal(a, b) for a, b in zip(with_plan, without))
+    runs.clear()
+    _cached_steps(model, ids, 2, mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    assert not runs  # padding: the layers' own path
+    calls = []
+    handle = decoder.layers[1].mlp.register_forward_hook(lambda *a: calls.append(1))
+    _cached_steps(model, ids[:1], 2)
+    assert not runs and calls and decoder.step_plan is plan  # a hook: the ordinary path, the plan kept
+    handle.remove()
+    _cached_steps(model, ids[:1], 1)
+    assert runs
+    decoder.layers[0].self_attn.o_proj = torch.nn.Sequential(decoder.layers[0].self_attn.o_proj)
+    steps = _cached_steps(model, ids[:1], 2)
+    assert decoder.step_plan is None and plan.stale and not plan.layers  # dropped, references let go
+    assert all(torch.isfinite(s).all() for s in steps)
+    other = Owl.load(tmp_path / "m").model
+    other.to(torch.bfloat16)
+    _cached_steps(other, ids[:1], 1)
+    assert other.language_model.step_plan is None
+
+
 def test_fused_products_keep_a_tied_lm_head_tied_when_saved(tmp_path):
     """A model with tied embeddings (SmolLM2, owl-small's base) saves one table after Owl.load's
     layout changes, and loads back equal."""

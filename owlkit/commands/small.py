@@ -29,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--group-questions", type=int, default=None, metavar="N",
                         help="build: stage 2 asks up to N of a picture's questions in one conversation "
                              "(default: the shipped build's)")
+    parser.add_argument("--projector", choices=["abstractor", "linear"], default=None,
+                        help="build: owl-tiny's abstractor or a linear layer on every patch (default: the shipped build's)")
     parser.add_argument("--no-install", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--variant", choices=list(VARIANTS), default=None,
                         help="build: one variant of docs/paper-claims.md instead of owl-small (never installed; "
@@ -42,8 +44,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     variant_run = args.action == "claims" or args.variant is not None
-    if variant_run and (args.stage1 or args.stage2 or args.caption_order or args.group_questions):
-        raise InputError("--stage1/--stage2/--caption-order/--group-questions change owl-small's own build; "
+    if variant_run and (args.stage1 or args.stage2 or args.caption_order or args.group_questions or args.projector):
+        raise InputError("--stage1/--stage2/--caption-order/--group-questions/--projector change owl-small's own build; "
                          "a variant is defined in owlkit/zoo/claims.py")
     if args.group_questions is not None and args.group_questions < 1:
         raise InputError(f"--group-questions must be at least 1, got {args.group_questions}")
@@ -67,7 +69,8 @@ def run(args) -> int:
         return 0
     from owlkit.zoo.small import build  # torch: import only when the command runs
 
-    data = {k: v for k, v in (("caption_order", args.caption_order), ("group_questions", args.group_questions))
+    data = {k: v for k, v in (("caption_order", args.caption_order), ("group_questions", args.group_questions),
+                                       ("projector", args.projector))
             if v is not None}
     build(args.out or "runs/owl-small", seed=args.seed, n_images=args.images, n_instruct=args.instructions,
           steps_scale=scale, n_per_task=n_per_task, install_assets=not args.no_install,

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 from transformers.activations import QuickGELUActivation
 
+from owlkit.models.decode_step import StepPlan
 from owlkit.models.decoder import DecoderLayer, DecoderMLP, FusedProduct, ModalitySwitch
 
 _BATCH_HINT = 8  # oneDNN's packing hint; the packed weight serves any batch size
@@ -206,7 +207,8 @@ def arrange_for_decoding(model) -> int:
     products were placed. Each decoder layer's text-side matrices go into one storage in the
     order a step reads them; the query with the text key and value, and gate with up, become
     one product each (:class:`~owlkit.models.decoder.FusedProduct`); the LM head gets a storage
-    of its own, column-major. Every linear keeps its own weight, as a view: the model trains,
+    of its own, column-major; one-position steps run as a flat loop over the placed tensors
+    (:class:`~owlkit.models.decode_step.StepPlan`). Every linear keeps its own weight, as a view: the model trains,
     saves (:func:`savable_state_dict`) and loads as before, and the decoder takes the separate
     products whenever a part changes. Layers already placed, quantized or with biases are left
     as they are. A tied LM head shares its storage with the embedding table, whose row lookups
@@ -215,6 +217,7 @@ def arrange_for_decoding(model) -> int:
         return 0
     placed = sum(_place(_groups(layer)) for layer in model.language_model.layers if isinstance(layer, DecoderLayer))
     placed += _place([(None, None, [(model, "lm_head")])])
+    model.language_model.step_plan = StepPlan.build(model.language_model)
     model._arranged_for_decoding = True
     return placed
 

@@ -80,9 +80,11 @@ class FusedProduct:
     def check(self) -> bool:
         """Whether every part is still the linear and the weight it was made from; a product
         that is not lets its storage go, for good."""
-        if not self.stale:
+        if not self.stale:  # the modules' own dicts: nn.Module.__getattr__ costs a decoding step ~1 ms
             for parent, name, linear, address in self.parts:
-                if getattr(parent, name) is not linear or linear.weight.data_ptr() != address or linear.bias is not None:
+                weight = linear._parameters.get("weight")
+                if (parent._modules.get(name) is not linear or weight is None or weight.data_ptr() != address
+                        or linear._parameters.get("bias") is not None):
                     self.stale, self.weight, self.parts = True, None, ()
                     break
         return not self.stale
@@ -243,6 +245,9 @@ def attention_bias(
 class OwlDecoder(nn.Module):
     """Embeddings, decoder layers and final norm (the ``LlamaModel`` part)."""
 
+    #: one-position steps as a flat loop over the placed matrices (owlkit.models.decode_step)
+    step_plan = None
+
     def __init__(self, config: LlamaConfig, modality_adaptive: bool):
         super().__init__()
         self.config = config
@@ -254,6 +259,13 @@ class OwlDecoder(nn.Module):
         self.norm = DecoderRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config)
         self.gradient_checkpointing = False
+
+    def _apply(self, fn, recurse=True):
+        """After a cast or a move, a step plan whose weights changed is dropped at once."""
+        out = super()._apply(fn, recurse)
+        if self.step_plan is not None and not self.step_plan.current() and self.step_plan.stale:
+            self.step_plan = None
+        return out
 
     def forward(
         self,
@@ -280,6 +292,13 @@ class OwlDecoder(nn.Module):
                 visual_mask = mm
         attn_mask, is_causal = attention_bias(attention_mask, q_len, past_len, inputs_embeds.device)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
+        plan = self.step_plan
+        if (plan is not None and q_len == 1 and visual_mask is None and attn_mask is None and past_key_values is not None
+                and not self.training and not torch.is_grad_enabled() and inputs_embeds.dtype == torch.float32):
+            if plan.current():
+                return self.norm(plan.run(inputs_embeds, position_embeddings, past_key_values)), past_key_values
+            if plan.stale:
+                self.step_plan = None
         x = inputs_embeds
         for layer in self.layers:
             args = (x, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values)

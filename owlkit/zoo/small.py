@@ -270,12 +270,17 @@ def ensure_general(general: Path, init: Path) -> Path:
 
 def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
           eval_seed: int = 2000, n_per_task: int = 100, steps_scale: float = 1.0, install_assets: bool = True,
-          overrides: dict[str, list[str]] | None = None, caption_order: str = "rows", group_questions: int = 1) -> dict:
+          overrides: dict[str, list[str]] | None = None, caption_order: str = "rows", group_questions: int = 1,
+          projector: str = "abstractor") -> dict:
     """World, base, stage 1, stage 2, evaluation, installation (module doc). ``overrides``:
     extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``).
     ``caption_order``: stage 1's captions in reading order (``"rows"``) or each picture's objects
     in a random order (``"shuffled"``: :func:`shuffled_captions`); ``group_questions``: stage 2
-    asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`)."""
+    asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`);
+    ``projector``: owl-tiny's abstractor (``"abstractor"``) or a new linear layer on every patch
+    (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md measures why)."""
+    if projector not in ("abstractor", "linear"):
+        raise InputError(f"projector must be 'abstractor' or 'linear', got {projector!r}")
     if caption_order not in ("rows", "shuffled"):
         raise InputError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
     if group_questions < 1:
@@ -286,7 +291,7 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     start = time.perf_counter()
     world = out / "world"
     ensure_world(world, seed, n_images, n_instruct)
-    init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT)
+    init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT, projector=projector)
     general = ensure_general(out / "general.json", init)
     instruct = short_answer_instructions(world, SHORT_ANSWER_PROMPT)
     captions = shuffled_captions(world, seed) if caption_order == "shuffled" else world / "captions.jsonl"

@@ -56,6 +56,8 @@ def abstractor_shape(config: dict) -> dict:
     """An owlkit config's abstractor as :func:`build_from_components`' arguments (assembly
     rebuilds owl-small's from the shipped config before the trained tensors go in)."""
     a = config["abstractor_config"]
+    if a.get("projector", "abstractor") == "linear":
+        return {"projector": "linear"}
     return {"num_queries": a["num_queries"], "abstractor_layers": a["num_hidden_layers"],
             "abstractor_heads": a["num_attention_heads"], "abstractor_intermediate_size": a["intermediate_size"]}
 
