@@ -17,13 +17,16 @@ captions.
 from __future__ import annotations
 
 import argparse
-import json
 import re
+import sys
 from pathlib import Path
 
-from owlkit import Owl
-from owlkit.zoo.synth_eval import conversation
-from owlkit.zoo.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene, answer_question, exact_match, make_eval_set
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import emit  # noqa: E402
+
+from owlkit import Owl  # noqa: E402
+from owlkit.zoo.synth_eval import conversation  # noqa: E402
+from owlkit.zoo.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene, answer_question, exact_match, make_eval_set  # noqa: E402
 
 _CELLS = {name: cell for cell, name in POSITIONS.items()}
 _OBJECT = re.compile(rf"an? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) (?:at|in|on) the "
@@ -74,11 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
               "tasks": {t: {k: round(sum(v) / len(v), 4) for k, v in r.items()} | {"n": len(r["direct"])}
                         for t, r in scores.items()},
               "captions": captions[:3]}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-    return result
+    return emit(result, args.output)
 
 
 if __name__ == "__main__":

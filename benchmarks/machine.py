@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -108,3 +110,11 @@ def decode_weight_bytes(model) -> int:
             total += held(module)
     return total + held(model.lm_head)
 
+
+def emit(result: dict, output=None) -> dict:
+    """Print ``result`` as JSON and, with ``output`` (a path), write it there too."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if output:
+        Path(output).write_text(text + "\n")
+    return result

@@ -26,14 +26,18 @@ import argparse
 import json
 import random
 import time
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from owlkit import Owl
-from owlkit.zoo.world import COLOURS, SHAPES, random_scene, render
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import emit  # noqa: E402
+
+from owlkit import Owl  # noqa: E402
+from owlkit.zoo.world import COLOURS, SHAPES, random_scene, render  # noqa: E402
 
 VOCAB = [*sorted(COLOURS), *SHAPES]  # what a question asks by, and what it asks for
 
@@ -150,11 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, tensor in feats.items():
         print(f"{name} {list(tensor.shape[1:])}", flush=True)
         result["curves"][name] = train_reader(tensor, train, test, args.epochs, args.seed)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
-    return result
+    return emit(result, args.output)
 
 
 if __name__ == "__main__":
