@@ -69,9 +69,9 @@ def run(args) -> int:
         return 0
     from owlkit.zoo.small import build  # torch: import only when the command runs
 
-    data = {k: v for k, v in (("caption_order", args.caption_order), ("group_questions", args.group_questions),
-                                       ("projector", args.projector))
-            if v is not None}
+    given = (("caption_order", args.caption_order), ("group_questions", args.group_questions),
+             ("projector", args.projector))
+    data = {k: v for k, v in given if v is not None}
     build(args.out or "runs/owl-small", seed=args.seed, n_images=args.images, n_instruct=args.instructions,
           steps_scale=scale, n_per_task=n_per_task, install_assets=not args.no_install,
           overrides={"stage1": args.stage1, "stage2": args.stage2}, **data)

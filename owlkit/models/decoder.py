@@ -18,8 +18,10 @@ step, so left-padded batches give the same numbers as single samples.
 At inference, products that read the same input can run as one (:class:`FusedProduct`: the
 attention's query and text key/value projections, the MLP's gate and up), when
 :func:`owlkit.models.cpu_decoding.arrange_for_decoding` has put their weights side by side in one
-storage (``Owl.load``'s default on a CPU). Training, and any change to those modules or their
-weights, takes the ordinary path.
+storage (``Owl.load``'s default on a CPU), and a step of one new position runs as a flat loop
+over those tensors (``step_plan``: :class:`owlkit.models.decode_step.StepPlan`, the same
+operations and numbers without the module calls). Training, and any change to those modules or
+their weights, takes the ordinary path.
 """
 
 from __future__ import annotations
@@ -263,8 +265,10 @@ class OwlDecoder(nn.Module):
     def _apply(self, fn, recurse=True):
         """After a cast or a move, a step plan whose weights changed is dropped at once."""
         out = super()._apply(fn, recurse)
-        if self.step_plan is not None and not self.step_plan.current() and self.step_plan.stale:
-            self.step_plan = None
+        if self.step_plan is not None:
+            self.step_plan.current()  # marks it stale if a weight it read was replaced
+            if self.step_plan.stale:
+                self.step_plan = None
         return out
 
     def forward(
