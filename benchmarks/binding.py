@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import arguments  # noqa: E402
 
 MODEL = Path(__file__).resolve().parents[1] / "owlkit" / "assets" / "owl-tiny"  # its tokenizer and template
 
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             point = {"step": step, "loss": round(running, 4), "held_out": accuracy(model, eval_batches)}
             curve.append(point)
             print(json.dumps(point), flush=True)
-    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    result = {"settings": arguments(args),
               "train_seconds": round(time.perf_counter() - start, 1), "curve": curve}
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")

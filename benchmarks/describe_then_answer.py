@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import emit  # noqa: E402
+from machine import arguments, emit  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
 from owlkit.zoo.synth_eval import conversation  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         task = scores.setdefault(sample.task, {"through_caption": [], "direct": []})
         task["through_caption"].append(got is not None and exact_match(got, sample.answer))
         task["direct"].append(exact_match(reply, sample.answer))
-    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    result = {"settings": arguments(args),
               "tasks": {t: {k: round(sum(v) / len(v), 4) for k, v in r.items()} | {"n": len(r["direct"])}
                         for t, r in scores.items()},
               "captions": captions[:3]}

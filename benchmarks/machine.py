@@ -111,6 +111,11 @@ def decode_weight_bytes(model) -> int:
     return total + held(model.lm_head)
 
 
+def arguments(args) -> dict:
+    """A benchmark's parsed arguments as JSON values (paths as strings)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def emit(result: dict, output=None) -> dict:
     """Print ``result`` as JSON and, with ``output`` (a path), write it there too."""
     text = json.dumps(result, indent=2)

@@ -25,8 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import emit  # noqa: E402
+from machine import arguments, emit  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
 from owlkit.zoo.world import COLOURS, SHAPES, random_scene, render  # noqa: E402
@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = [q for q in questions if q[0] >= cut]
     if not train or not test:
         parser.error("too few scenes with two objects or more: raise --images")
-    result = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                           "projector": owl.model.config.abstractor_config.projector},
+    result = {"settings": {**arguments(args), "projector": owl.model.config.abstractor_config.projector},
               "questions": {"train": len(train), "held_out": len(test)},
               "shapes": {k: list(v.shape[1:]) for k, v in feats.items()},
               "curves": {}}

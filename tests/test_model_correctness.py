@@ -304,6 +304,18 @@ def test_step_plan_gives_the_layers_numbers_bit_for_bit_and_gives_way_to_changes
     handle.remove()
     _cached_steps(model, ids[:1], 1)
     assert runs
+    # a new parameter for a weight the plan reads: the ordinary path, and the same numbers as a
+    # row-major model given the same parameter
+    row_major = Owl.load(tmp_path / "m", decoding_layout="row-major").model
+    for m in (model, row_major):
+        down = m.language_model.layers[1].mlp.down_proj
+        down.weight = torch.nn.Parameter(torch.full_like(down.weight, 0.01))
+    runs.clear()
+    steps = _cached_steps(model, ids[:1], 2)
+    assert not runs and decoder.step_plan is None and plan.stale
+    torch.testing.assert_close(steps, _cached_steps(row_major, ids[:1], 2), atol=1e-5, rtol=1e-5)
+    model = Owl.load(tmp_path / "m").model
+    decoder, plan = model.language_model, model.language_model.step_plan
     decoder.layers[0].self_attn.o_proj = torch.nn.Sequential(decoder.layers[0].self_attn.o_proj)
     steps = _cached_steps(model, ids[:1], 2)
     assert decoder.step_plan is None and plan.stale and not plan.layers  # dropped, references let go

@@ -8,7 +8,8 @@ the decoder's matrices are placed for decoding (:func:`owlkit.models.cpu_decodin
 very operations the modules run, in the same order, so the numbers are the same bit for bit
 (tests/test_model_correctness.py); only the Python around them goes.
 
-It serves only what it was made for, and checks that before every step (:meth:`StepPlan.current`):
+It serves only what it was made for, and checks that before every step (:meth:`StepPlan.fits`,
+:meth:`StepPlan.hooked`):
 one new position per sample, no padding, no visual token, no gradients, evaluation mode, float32,
 and every module and weight it read still in place: a LoRA adapter, a quantized or replaced layer,
 a cast or a moved model sends the step the ordinary way and the plan lets go of its references
@@ -23,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_hooks
+from transformers.activations import SiLUActivation
 
 from owlkit.models.decoder import DecoderRMSNorm, FusedProduct, ModalitySwitch, _rotate
 
-_SILU = ("SiLU", "SiLUActivation")  # torch's and transformers' SiLU: both are F.silu
+_SILU = (nn.SiLU, SiLUActivation)  # torch's and transformers' SiLU: both are F.silu
 
 
 @dataclass
@@ -53,6 +55,11 @@ def _plain_linear(module: nn.Module) -> bool:
     return type(module) is nn.Linear and module.bias is None and module.weight.dtype == torch.float32
 
 
+def _weight_address(module: nn.Module) -> int | None:
+    weight = module._parameters.get("weight")  # the module's own dict: no nn.Module.__getattr__
+    return None if weight is None else weight.data_ptr()
+
+
 def _norm(module: nn.Module) -> bool:
     return type(module) is DecoderRMSNorm and module.weight.dtype == torch.float32
 
@@ -61,10 +68,10 @@ class StepPlan:
     """The decoder's layers as tensors for one-position steps (module doc)."""
 
     def __init__(self, layers: list[_Layer], watched: list[tuple[dict, str, object]],
-                 weights: list[tuple[nn.Parameter, int]], modules: list[nn.Module]):
+                 weights: list[tuple[nn.Module, int]], modules: list[nn.Module]):
         self.layers = layers
         self._watched = watched    # (a module's _modules, name, the module that was there)
-        self._weights = weights    # (parameter, the address its data had)
+        self._weights = weights    # (a module, the address its weight's data had)
         self._modules = modules    # every module whose forward the plan stands in for (hooks)
         self.stale = False
 
@@ -79,7 +86,7 @@ class StepPlan:
             qkv, gate_up = attn.fused_qkv, getattr(mlp, "fused_gate_up", None)
             if (qkv is None or gate_up is None or not qkv.check() or not gate_up.check()
                     or not (_norm(norm1) and _norm(norm2) and _plain_linear(attn.o_proj)
-                            and _plain_linear(mlp.down_proj)) or type(mlp.act_fn).__name__ not in _SILU):
+                            and _plain_linear(mlp.down_proj)) or type(mlp.act_fn) not in _SILU):
                 return None
             layers.append(_Layer(index, norm1.weight, norm1.variance_epsilon, qkv, attn.num_heads,
                                  attn.num_heads + attn.num_kv_heads, attn.head_dim, attn.o_proj.weight,
@@ -92,26 +99,29 @@ class StepPlan:
                 watched.append((owner._modules, name, switch))
                 if switch is not norm:
                     watched.append((switch._modules, "text", norm))
-            weights += [(p, p.data_ptr()) for p in (norm1.weight, norm2.weight, attn.o_proj.weight,
-                                                    mlp.down_proj.weight)]
+            weights += [(m, m.weight.data_ptr()) for m in (norm1, norm2, attn.o_proj, mlp.down_proj)]
             linears = [linear for product in (qkv, gate_up) for _, _, linear, _ in product.parts]
             modules += [layer, attn, mlp, norm1, norm2, attn.o_proj, mlp.down_proj, mlp.act_fn, *linears,
                         *{layer.input_layernorm, layer.post_attention_layernorm, attn.k_proj, attn.v_proj}]
         return cls(layers, watched, weights, modules)
 
-    def current(self) -> bool:
-        """Whether the plan may run this step: every module and weight it read still in place
-        (a plan that is not lets its references go, for good: ``stale``), and no forward hook on
-        any of them (the ordinary path runs them; the plan stays)."""
+    def fits(self) -> bool:
+        """Whether every module and weight the plan read is still in place (a weight is looked up
+        through its module: a new parameter counts as a change); a plan that does not fit lets
+        its references go, for good (``stale``)."""
         if self.stale:
             return False
         ok = all(owner.get(name) is module for owner, name, module in self._watched)
-        ok = ok and all(p.data_ptr() == address for p, address in self._weights)
+        ok = ok and all(_weight_address(m) == address for m, address in self._weights)
         ok = ok and all(layer.qkv.check() and layer.gate_up.check() for layer in self.layers)
         if not ok:
             self.stale, self.layers, self._watched, self._weights, self._modules = True, [], [], [], []
-            return False
-        return not (module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
+        return ok
+
+    def hooked(self) -> bool:
+        """Whether a forward hook is set on any module the plan stands in for (or globally): the
+        ordinary path runs those steps, and the plan stays."""
+        return bool(module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks
                     or any(m._forward_hooks or m._forward_pre_hooks for m in self._modules))
 
     def run(self, x: torch.Tensor, position_embeddings, cache) -> torch.Tensor:

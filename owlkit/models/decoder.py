@@ -265,11 +265,14 @@ class OwlDecoder(nn.Module):
     def _apply(self, fn, recurse=True):
         """After a cast or a move, a step plan whose weights changed is dropped at once."""
         out = super()._apply(fn, recurse)
-        if self.step_plan is not None:
-            self.step_plan.current()  # marks it stale if a weight it read was replaced
-            if self.step_plan.stale:
-                self.step_plan = None
+        self._fitting_plan()
         return out
+
+    def _fitting_plan(self):
+        """The step plan while it fits the layers; one that no longer does is dropped."""
+        if self.step_plan is not None and not self.step_plan.fits():
+            self.step_plan = None
+        return self.step_plan
 
     def forward(
         self,
@@ -296,13 +299,12 @@ class OwlDecoder(nn.Module):
                 visual_mask = mm
         attn_mask, is_causal = attention_bias(attention_mask, q_len, past_len, inputs_embeds.device)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
-        plan = self.step_plan
-        if (plan is not None and q_len == 1 and visual_mask is None and attn_mask is None and past_key_values is not None
-                and not self.training and not torch.is_grad_enabled() and inputs_embeds.dtype == torch.float32):
-            if plan.current():
+        if (self.step_plan is not None and q_len == 1 and visual_mask is None and attn_mask is None
+                and past_key_values is not None and not self.training and not torch.is_grad_enabled()
+                and inputs_embeds.dtype == torch.float32):
+            plan = self._fitting_plan()
+            if plan is not None and not plan.hooked():
                 return self.norm(plan.run(inputs_embeds, position_embeddings, past_key_values)), past_key_values
-            if plan.stale:
-                self.step_plan = None
         x = inputs_embeds
         for layer in self.layers:
             args = (x, position_embeddings, attn_mask, is_causal, visual_mask, past_key_values)

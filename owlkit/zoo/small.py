@@ -43,6 +43,7 @@ import torch
 from safetensors.torch import save_file
 
 from owlkit.config import IMAGE_PLACEHOLDER
+from owlkit.config.model import PROJECTORS
 from owlkit.errors import CheckpointError, InputError
 from owlkit.inference import Owl
 from owlkit.outputs import writable_folder
@@ -279,8 +280,8 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`);
     ``projector``: owl-tiny's abstractor (``"abstractor"``) or a new linear layer on every patch
     (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md measures why)."""
-    if projector not in ("abstractor", "linear"):
-        raise InputError(f"projector must be 'abstractor' or 'linear', got {projector!r}")
+    if projector not in PROJECTORS:
+        raise InputError(f"projector must be {' or '.join(map(repr, PROJECTORS))}, got {projector!r}")
     if caption_order not in ("rows", "shuffled"):
         raise InputError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
     if group_questions < 1:
