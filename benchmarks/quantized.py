@@ -3,7 +3,10 @@
 Part 1, the ``small`` preset (random weights), in one process: a 32-token text prompt is
 prefilled, then ``--tokens`` tokens are decoded one at a time with the cache; the median time
 of a token for float32, bfloat16, int8 and int4 (the rest of an int8 / int4 model in float32 and
-in bfloat16: the faster is reported), with the ratios to float32 measured in the same run.
+in bfloat16: the faster is reported), with the ratios to float32 measured in the same run. Every
+model is arranged as ``Owl.load`` arranges it (a float32 decoder's matrices placed, its
+one-position steps run as a flat loop: quantized layers too); float32 is also measured in the
+checkpoint's row-major layout through the modules, the baseline before placement.
 Targets: int8 at least 1.5x, int4 at least 2.0x float32.
 
 Part 2 (``--full``), the ``owl2-llama2-7b`` shapes, each in a fresh process: the model built
@@ -70,12 +73,17 @@ def decode_times(model, prompt: int, tokens: int) -> list[float]:
 
 def small(tokens: int) -> dict:
     from owlkit import quantization as Q
+    from owlkit.models.cpu_decoding import arrange_for_decoding
 
-    variants = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None)}
+    variants = {"float32": (torch.float32, None), "float32 (row-major)": (torch.float32, None),
+                "bfloat16": (torch.bfloat16, None)}
     for q in ("int8", "int4"):
         variants[f"{q} (rest float32)"] = (torch.float32, q)
         variants[f"{q} (rest bfloat16)"] = (torch.bfloat16, q)
     models = {name: build("small", dtype, q) for name, (dtype, q) in variants.items()}
+    for name, model in models.items():  # as Owl.load arranges them (a float32 decoder: placed, steps planned)
+        if name != "float32 (row-major)":
+            arrange_for_decoding(model)
     for bits in (8, 4):
         Q.compute_path(bits)
     medians = {name: [] for name in models}
@@ -83,13 +91,15 @@ def small(tokens: int) -> dict:
         for name, model in models.items():
             medians[name].append(statistics.median(decode_times(model, 32, tokens)))
     ms = {name: round(1000 * min(v), 2) for name, v in medians.items()}
-    base = ms["float32"]
+    base, row_major = ms["float32"], ms["float32 (row-major)"]
     best = {q: min((n for n in ms if n.startswith(q)), key=ms.get) for q in ("int8", "int4")}
     return {
         "ms_per_token": ms,
+        "step_plan": {name: m.language_model.step_plan is not None for name, m in models.items()},
         "kernel_path": {"int8": Q.compute_path(8), "int4": Q.compute_path(4)},
         "speedup_vs_float32": {q: {"variant": best[q], "x": round(base / ms[best[q]], 2)} for q in best}
         | {"bfloat16": {"variant": "bfloat16", "x": round(base / ms["bfloat16"], 2)}},
+        "speedup_vs_float32_row_major": {q: round(row_major / ms[best[q]], 2) for q in best},
     }
 
 

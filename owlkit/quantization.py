@@ -51,7 +51,8 @@ from owlkit.memory import release_free_memory
 BITS = {"int8": 8, "int4": 4}
 DEFAULT_GROUP_SIZE = 128
 GROUP_SIZES = (32, 64, 128, 256)  # what aten._weight_int4pack_mm_for_cpu accepts
-CONFIG_KEY = "owlkit_quantization"  # in config.json: {"bits": 4, "group_size": 128, "kept": [...], "low_rank": {layer: r}}
+#: in config.json: {"bits": 4, "group_size": 128, "kept": [in float], "in_int8": [int4 asked, int8 held], "low_rank": {layer: r}}
+CONFIG_KEY = "owlkit_quantization"
 LOW_RANK_FILE = "low_rank.safetensors"
 
 
@@ -356,23 +357,29 @@ def quantizable(model) -> dict[str, nn.Linear]:
 INT8_IN_INT4 = ("lm_head",)
 
 
-def replace_linears(model, bits: int, group_size: int, skip: set[str] | None = None) -> list[str]:
+def replace_linears(model, bits: int, group_size: int, skip: set[str] | None = None) -> tuple[list[str], list[str]]:
     """Swap the quantizable linears of a (meta) model for empty :class:`QuantizedLinear` shells.
 
-    Returns the names kept in higher precision: an int4 layer whose input width is not a
-    multiple of ``group_size`` or whose output width is not a multiple of 16 (the kernel's
-    tiles), and those named in ``skip``. In int4 mode the LM head is int8, and so are the
-    layers with a name component the config lists in ``int8_in_int4``.
+    Returns (the names kept in float: those named in ``skip``; the names in int8 although int4
+    was asked for). In int4 mode the LM head is int8, and so are the layers with a name component
+    the config lists in ``int8_in_int4``, and any layer int4 cannot hold: its input width not a
+    multiple of ``group_size`` or its output width not a multiple of 16 (the kernel's tiles). Such
+    a layer was kept in float before; int8 holds it in a quarter of the bytes, closer to float than
+    int4, and runs PyTorch's int8 kernel (as llama.cpp falls back to another block type for a
+    tensor whose rows its type cannot hold). Folders written then list it in ``kept``: ``skip``.
     """
-    kept = []
+    kept, fallback = [], []
     int8 = {*INT8_IN_INT4, *(getattr(model.config, "int8_in_int4", None) or ())}
     for name, linear in quantizable(model).items():
-        layer_bits = 8 if bits == 4 and int8.intersection(name.split(".")) else bits
-        if name in (skip or set()) or (layer_bits == 4 and (linear.in_features % group_size or linear.out_features % 16)):
+        if name in (skip or set()):
             kept.append(name)
             continue
+        layer_bits = 8 if bits == 4 and int8.intersection(name.split(".")) else bits
+        if layer_bits == 4 and (linear.in_features % group_size or linear.out_features % 16):
+            layer_bits = 8
+            fallback.append(name)
         shell = QuantizedLinear(linear.in_features, linear.out_features, layer_bits, group_size,
                                 bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, shell)
-    return kept
+    return kept, fallback

@@ -326,6 +326,51 @@ def test_step_plan_gives_the_layers_numbers_bit_for_bit_and_gives_way_to_changes
     assert other.language_model.step_plan is None
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_step_plan_runs_quantized_layers_bit_for_bit(tmp_path, quantize):
+    """A quantized model's steps run as a flat loop too (each product the layer's own kernel
+    call, the input's cast shared by the products that read it): the same logits bit for bit as
+    the layers' forward, with layers in int4, in int8 (widths int4's groups do not divide) and
+    with a low-rank update; requantizing a layer sends the steps the ordinary way for good."""
+    from helpers import make_model_folder
+    from safetensors.torch import save_file
+
+    from owlkit import Owl
+    from owlkit import quantization as Q
+
+    folder = tmp_path / "m"
+    model = make_model_folder(folder, "test-owl2", seed=7)
+    down = "language_model.layers.0.mlp.down_proj"
+    g = torch.Generator().manual_seed(1)
+    save_file({f"{down}.lora_A": torch.randn(2, 96, generator=g) * 0.1, f"{down}.lora_B": torch.randn(48, 2, generator=g) * 0.1},
+              str(folder / Q.LOW_RANK_FILE))
+    owl = Owl.load(folder, quantize=quantize, group_size=32)
+    decoder = owl.model.language_model
+    plan = decoder.step_plan
+    assert plan is not None and len(plan.layers) == len(decoder.layers)
+    bits = {m.bits for m in owl.model.modules() if isinstance(m, Q.QuantizedLinear)}
+    assert bits == ({8} if quantize == "int8" else {4, 8})
+    assert decoder.get_submodule("layers.0.mlp.down_proj").lora_A is not None
+    runs = []
+    plan.run = lambda *a, _run=plan.run: runs.append(1) or _run(*a)
+    ids = torch.tensor([[1, 5, 6, 7, 8], [2, 9, 4, 12, 11]])
+    single = _cached_steps(owl.model, ids[:1], 2)
+    for batch in (ids[:1], ids):
+        runs.clear()
+        with_plan = _cached_steps(owl.model, batch, 4)
+        assert len(runs) == 4
+        decoder.step_plan = None
+        without = _cached_steps(owl.model, batch, 4)
+        decoder.step_plan = plan
+        assert all(torch.equal(a, b) for a, b in zip(with_plan, without))
+    layer = decoder.layers[1].self_attn.q_proj
+    layer.set_weight(torch.zeros(layer.out_features, layer.in_features), prepare=True)
+    runs.clear()
+    changed = _cached_steps(owl.model, ids[:1], 2)
+    assert not runs and decoder.step_plan is None and plan.stale
+    assert not torch.equal(changed[-1], single[-1])
+
+
 def test_fused_products_keep_a_tied_lm_head_tied_when_saved(tmp_path):
     """A model with tied embeddings (SmolLM2, owl-small's base) saves one table after Owl.load's
     layout changes, and loads back equal."""

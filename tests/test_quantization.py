@@ -15,6 +15,7 @@ from owlkit import quantization as Q
 from owlkit.checkpoints import load_model
 from owlkit.cli import main as owl
 from owlkit.errors import CheckpointError, ConfigError
+from owlkit.models.owl import OwlForCausalLM
 from owlkit.inference import Owl, bundled_model_path
 
 FOLDERS = fixture_folders()
@@ -39,13 +40,31 @@ def test_quantized_weights_and_layers_agree_with_their_dequantized_weight():
         assert Q.compute_path(bits) in ("kernel-bf16", "kernel-fp32", "dequantize")
 
 
-def test_kept_layers_are_reported(tmp_path):
+def test_layers_int4_cannot_hold_go_int8_and_are_reported(tmp_path):
+    """A width int4's groups do not divide: that layer is int8 (not float), and the folder's
+    config lists it; the LM head is int8 in int4 mode; a folder written when such layers stayed
+    float (listed in ``kept``) still loads them in float."""
     folder = tmp_path / "m"
     make_model_folder(folder, "test-owl2", seed=1)
     model = load_model(folder, quantize="int4", group_size=256)  # wider than every layer: none can be grouped
     info = model.config.owlkit_quantization
     quantized = {n: m.bits for n, m in model.named_modules() if isinstance(m, Q.QuantizedLinear)}
-    assert info["bits"] == 4 and info["kept"] and quantized == {"lm_head": 8}  # the LM head is int8 in int4 mode
+    assert info["bits"] == 4 and not info["kept"] and set(quantized.values()) == {8}
+    assert set(quantized) == set(Q.quantizable(load_model(folder))) == {*info["in_int8"], "lm_head"}
+    grouped = load_model(folder, quantize="int4", group_size=32)  # 48 and 96 inputs: some layers int4, some int8
+    bits = {n: m.bits for n, m in grouped.named_modules() if isinstance(m, Q.QuantizedLinear)}
+    assert {n for n, b in bits.items() if b == 8} == {*grouped.config.owlkit_quantization["in_int8"], "lm_head"}
+    assert 4 in bits.values() and grouped.config.owlkit_quantization["in_int8"]
+    for name in grouped.config.owlkit_quantization["in_int8"]:
+        layer = grouped.get_submodule(name)
+        assert layer.in_features % 32 or layer.out_features % 16
+    # a folder of the earlier rule: the ungroupable layers in float, named in "kept"
+    config = load_model(folder).config
+    with torch.device("meta"):
+        shell = OwlForCausalLM(config)
+    kept, in_int8 = Q.replace_linears(shell, 4, 256, skip=set(info["in_int8"]))
+    assert sorted(kept) == sorted(info["in_int8"]) and not in_int8
+    assert {n for n, m in shell.named_modules() if isinstance(m, Q.QuantizedLinear)} == {"lm_head"}
     model = load_model(folder, quantize="int8")
     assert not model.config.owlkit_quantization["kept"]
     assert sum(isinstance(m, Q.QuantizedLinear) for m in model.modules()) == len(Q.quantizable(load_model(folder)))
@@ -183,6 +202,8 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
         b *= 0.02 * grid.std() / (b @ a).std()  # well under half a quantization step
         factors |= {f"{name}.lora_A": a, f"{name}.lora_B": b}
         merged[f"{name}.weight"] = grid + b @ a
+    for name in set(Q.quantizable(model)) - set(names):  # int8 in int4 mode (widths of 48, the LM head): on its grid too
+        state[f"{name}.weight"] = merged[f"{name}.weight"] = Q.dequantize(Q.QuantizedLinear.from_weight(state[f"{name}.weight"], 8, 32))
     base = tmp_path / "base"
     base.mkdir()
     for f in folder.iterdir():
@@ -203,7 +224,7 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
     assert set(kept.config.owlkit_quantization["low_rank"]) == set(names)
     with torch.no_grad():
         kept_logits = kept(input_ids=ids).logits.flatten()
-    # What stays is the error every int4 load has here (the LM head is int8), as on the bare base
+    # What stays is the error every int4 load has here (bfloat16 activations), as on the bare base
     floor = (logits(base, quantize="int4", group_size=32) - without_update).norm()
     assert (kept_logits - reference).norm() < 1.05 * floor + 1e-3 < 0.5 * (rounded - reference).norm()
     out = tmp_path / "q4"
@@ -240,7 +261,8 @@ def test_a_config_keeps_named_layers_at_int8_in_int4(tmp_path):
     bits = {n: m.bits for n, m in model.named_modules() if isinstance(m, Q.QuantizedLinear)}
     visual = {n for n in bits if n.endswith(".visual")}
     assert visual and all(bits[n] == 8 for n in visual)
-    assert {bits[n] for n in bits if n not in visual and n != "lm_head"} == {4}
+    in_int8 = set(model.config.owlkit_quantization["in_int8"])  # 48 inputs: not in groups of 32
+    assert {bits[n] for n in bits if n not in visual | in_int8 | {"lm_head"}} == {4}
     assert owl(["quantize", str(folder), str(tmp_path / "q4"), "--bits", "4", "--group-size", "32"]) == 0
     saved = load_model(tmp_path / "q4")
     assert {n: m.bits for n, m in saved.named_modules() if isinstance(m, Q.QuantizedLinear)} == bits

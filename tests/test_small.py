@@ -188,6 +188,8 @@ def test_the_build_refuses_bad_data_options_before_writing_anything(tmp_path):
         small_build.build(tmp_path / "o", group_questions=0)
     with pytest.raises(InputError, match="projector must be 'abstractor' or 'linear', got 'mlp'"):
         small_build.build(tmp_path / "o", projector="mlp")
+    with pytest.raises(InputError, match="described_weight must be 0 \\(none\\) or more, got -1"):
+        small_build.build(tmp_path / "o", described_weight=-1)
     assert not (tmp_path / "o").exists()
 
 
@@ -232,6 +234,37 @@ def test_stage_data_options_shuffle_caption_order_and_group_one_picture_question
         assert {r["task"] for r in records if r["id"] in members} <= set(ONE_QUESTION_TASKS)
     others = [r for r in records if r["task"] not in ONE_QUESTION_TASKS]
     assert [g for g in grouped if g["task"] not in ONE_QUESTION_TASKS and g["task"] != "grouped"] == others
+
+
+def test_described_twins_ask_the_same_questions_of_the_written_scene(tmp_path):
+    """Each record about one picture (single or grouped) gets a text twin: the same turns and
+    answers, the picture replaced by its scene's caption; other tasks get none; and a stage-2
+    override built from it adds the source after the recipe's own, whose paths still apply."""
+    from owlkit.training.recipe import RECIPE_DIR, load_recipe
+    from owlkit.zoo import world as W
+    from owlkit.zoo.small import ONE_QUESTION_TASKS, described_instructions, grouped_instructions, with_source
+
+    world = tmp_path / "w"
+    W.make_world(world, seed=4, n=40, image_size=56, fmt="jsonl", n_instruct=300)
+    scenes = W.load_scenes(world)
+    grouped_path = grouped_instructions(world / "instruct.json", 3)
+    grouped = json.loads(grouped_path.read_text())
+    twins = json.loads(described_instructions(grouped_path, world).read_text())
+    asked = [g for g in grouped if g["task"] in (*ONE_QUESTION_TASKS, "grouped")]
+    assert len(twins) == len(asked) > 0 and all("image" not in t and t["task"] == "described" for t in twins)
+    for record, twin in zip(asked, twins):
+        assert twin["id"] == record["id"] + "-described"
+        turns, texts = record["conversations"], twin["conversations"]
+        assert [t["from"] for t in turns] == [t["from"] for t in texts]
+        assert [t["value"] for t in turns[1::2]] == [t["value"] for t in texts[1::2]]  # the same answers
+        assert texts[0]["value"] == f"Image: {W.caption(scenes[record['image']])}\n" + \
+            turns[0]["value"].replace("<|image|>", "").strip()
+        assert all("<|image|>" not in t["value"] for t in texts)
+    override = with_source(load_recipe(RECIPE_DIR / "owl_small_stage2.yaml").to_dict()["data"]["sources"],
+                           {"type": "llava", "path": "twins.json", "weight": 0.5})
+    recipe = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml", [override, "data.sources.0.path=q.json"]).to_dict()
+    assert [s["path"] for s in recipe["data"]["sources"]][::3] == ["q.json", "twins.json"]
+    assert recipe["data"]["sources"][1]["distill"] is True and recipe["data"]["sources"][3]["weight"] == 0.5
 
 
 def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):

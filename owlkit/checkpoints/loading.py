@@ -178,6 +178,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         expected.pop("lm_head.weight", None)
     plan = _plan(index, config, kind, expected, folder)
     kept: list[str] = []
+    in_int8: list[str] = []  # int4 asked for, a width int4 cannot hold: int8
     low_rank: dict = {}  # layer -> (lora_A, lora_B) kept out of the quantized weight
     if bits is not None:
         group_size = int(group_size or Q.DEFAULT_GROUP_SIZE)
@@ -187,7 +188,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
         if device_map is not None or (device is not None and torch.device(device).type != "cpu"):
             raise CheckpointError("quantized models run on the CPU (PyTorch's int8/int4 CPU kernels); "
                                   "drop device / device_map, or load unquantized on the GPU")
-        kept = Q.replace_linears(model, bits, group_size)
+        kept, in_int8 = Q.replace_linears(model, bits, group_size)
         for name, pair in Q.read_low_rank(folder).items():
             try:
                 layer = model.get_submodule(name)
@@ -259,6 +260,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     _set_generation_config(model, folder, kind)
     if bits is not None:
         setattr(model.config, Q.CONFIG_KEY, {"bits": bits, "group_size": group_size, "kept": kept,
+                                             **({"in_int8": in_int8} if in_int8 else {}),
                                              **({"low_rank": {n: a.shape[0] for n, (a, _) in low_rank.items()}}
                                                 if low_rank else {})})
     if device_map is not None:

@@ -57,6 +57,8 @@ def run(args) -> int:
         print(f"quantized: int{quantized['bits']}" + (f" in groups of {quantized['group_size']}" if quantized["bits"] == 4 else
                                                       " per output channel")
               + f" (decoder linears and LM head; {len(quantized.get('kept', []))} layer(s) kept unquantized"
+              + (f"; {len(quantized['in_int8'])} in int8, their widths not a multiple of the group size"
+                 if quantized.get("in_int8") else "")
               + (f"; {len(quantized['low_rank'])} with a low-rank update in float" if quantized.get("low_rank") else "")
               + ")")
     files = sorted({i.file for i in index.values()})

@@ -36,6 +36,8 @@ def run(args) -> int:
     copy_side_files(Path(args.src), dst)
     info = getattr(model.config, CONFIG_KEY)
     kept = f"; kept in {model.dtype}: {', '.join(info['kept'])}" if info["kept"] else ""
+    if info.get("in_int8"):
+        kept += f"; in int8 (widths not a multiple of {info['group_size']}): {len(info['in_int8'])} layer(s)"
     if info.get("low_rank"):
         kept += f"; {len(info['low_rank'])} layer(s) keep their low-rank update in float"
     size = sum(f.stat().st_size for f in dst.glob("*.safetensors"))

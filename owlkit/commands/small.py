@@ -31,6 +31,9 @@ def add_arguments(parser) -> None:
                              "(default: the shipped build's)")
     parser.add_argument("--projector", choices=["abstractor", "linear"], default=None,
                         help="build: owl-tiny's abstractor or a linear layer on every patch (default: the shipped build's)")
+    parser.add_argument("--described-weight", type=float, default=None, metavar="W",
+                        help="build: stage 2 also learns the world's questions about written scenes (the picture "
+                             "replaced by its caption), that source at weight W (default: the shipped build's)")
     parser.add_argument("--no-install", action="store_true", help="do not copy the result into the package")
     parser.add_argument("--variant", choices=list(VARIANTS), default=None,
                         help="build: one variant of docs/paper-claims.md instead of owl-small (never installed; "
@@ -44,8 +47,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     variant_run = args.action == "claims" or args.variant is not None
-    if variant_run and (args.stage1 or args.stage2 or args.caption_order or args.group_questions or args.projector):
-        raise InputError("--stage1/--stage2/--caption-order/--group-questions/--projector change owl-small's own build; "
+    if variant_run and (args.stage1 or args.stage2 or args.caption_order or args.group_questions or args.projector
+                        or args.described_weight is not None):
+        raise InputError("--stage1/--stage2/--caption-order/--group-questions/--projector/--described-weight change owl-small's own build; "
                          "a variant is defined in owlkit/zoo/claims.py")
     if args.group_questions is not None and args.group_questions < 1:
         raise InputError(f"--group-questions must be at least 1, got {args.group_questions}")
@@ -70,7 +74,7 @@ def run(args) -> int:
     from owlkit.zoo.small import build  # torch: import only when the command runs
 
     given = (("caption_order", args.caption_order), ("group_questions", args.group_questions),
-             ("projector", args.projector))
+             ("projector", args.projector), ("described_weight", args.described_weight))
     data = {k: v for k, v in given if v is not None}
     build(args.out or "runs/owl-small", seed=args.seed, n_images=args.images, n_instruct=args.instructions,
           steps_scale=scale, n_per_task=n_per_task, install_assets=not args.no_install,

@@ -70,7 +70,7 @@ from owlkit.zoo.small_model import (
 from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
 from owlkit.zoo.tiny import BUILD_LAYOUT, ensure_world
 from owlkit.zoo.world.files import load_scenes
-from owlkit.zoo.world.language import caption
+from owlkit.zoo.world.language import caption, described_turns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,12 +253,41 @@ def _joined(group: list[dict]) -> dict:
     return {"id": "+".join(r["id"] for r in group), "task": "grouped", "image": first["image"], "conversations": turns}
 
 
+def described_instructions(instruct: Path, world: Path) -> Path:
+    """Text twins of ``instruct``'s records about one picture: the same turns with the picture
+    replaced by its scene's caption (:func:`owlkit.zoo.world.described_turns`, as ``owl eval synth
+    --described`` asks), no image. SmolLM2 learns to look an object up in a written scene
+    ("What colour is the square?") within a few thousand questions; these teach the LLM's
+    adapters the lookup where the base already reads, beside the same questions asked of the
+    picture (docs/owl-small.md). Written beside ``instruct`` as ``<name>_described.json``."""
+    scenes = load_scenes(world)
+    twins = []
+    for record in json.loads(instruct.read_text()):
+        image = record.get("image")
+        if not isinstance(image, str) or record.get("task") not in (*ONE_QUESTION_TASKS, "grouped"):
+            continue
+        turns = record["conversations"]
+        texts = described_turns([t["value"] for t in turns], [scenes[image]])
+        twins.append({"id": f"{record['id']}-described", "task": "described",
+                      "conversations": [dict(t, value=v) for t, v in zip(turns, texts)]})
+    path = instruct.with_name(f"{instruct.stem}_described.json")
+    path.write_text(json.dumps(twins, indent=1))
+    return path
+
+
 def stage2_sources(stage1: Path, general: Path, instruct: Path) -> list[str]:
     """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``):
     the world's instructions ``instruct`` (twice: all, then the reading questions again) and the
     self-distilled text ``general``."""
     return [f"model.init={stage1}", f"data.sources.0.path={instruct}", f"data.sources.1.path={general}",
             f"data.sources.2.path={instruct}"]
+
+
+def with_source(sources: list[dict], source: dict) -> str:
+    """An override that sets a recipe's data sources to ``sources`` plus ``source`` (the list as
+    one YAML value: an override can set an entry, not add one). Overrides of the entries' paths
+    that come before it are lost, so it goes first; paths set after it apply."""
+    return "data.sources=" + json.dumps([*sources, source])
 
 
 def ensure_general(general: Path, init: Path) -> Path:
@@ -272,20 +301,24 @@ def ensure_general(general: Path, init: Path) -> Path:
 def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
           eval_seed: int = 2000, n_per_task: int = 100, steps_scale: float = 1.0, install_assets: bool = True,
           overrides: dict[str, list[str]] | None = None, caption_order: str = "rows", group_questions: int = 1,
-          projector: str = "abstractor") -> dict:
+          projector: str = "abstractor", described_weight: float = 0.0) -> dict:
     """World, base, stage 1, stage 2, evaluation, installation (module doc). ``overrides``:
     extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``).
     ``caption_order``: stage 1's captions in reading order (``"rows"``) or each picture's objects
     in a random order (``"shuffled"``: :func:`shuffled_captions`); ``group_questions``: stage 2
     asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`);
     ``projector``: owl-tiny's abstractor (``"abstractor"``) or a new linear layer on every patch
-    (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md measures why)."""
+    (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md measures why);
+    ``described_weight``: with more than 0, stage 2 also learns the world's questions about written
+    scenes (:func:`described_instructions`), that source at this weight."""
     if projector not in PROJECTORS:
         raise InputError(f"projector must be {' or '.join(map(repr, PROJECTORS))}, got {projector!r}")
     if caption_order not in ("rows", "shuffled"):
         raise InputError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
     if group_questions < 1:
         raise InputError(f"group_questions must be at least 1, got {group_questions}")
+    if described_weight < 0:
+        raise InputError(f"described_weight must be 0 (none) or more, got {described_weight}")
     out, overrides = Path(out), overrides or {}
     writable_folder(out, "owl-small's working folder")
     base_gguf()  # a missing base stops the build before anything is written
@@ -300,8 +333,12 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
         f"model.init={init}", f"data.sources.0.path={captions}", *overrides.get("stage1", [])])
     sources = stage2_sources(stage1, general, instruct)
-    if group_questions > 1:  # the reading questions' second pass (source 2) stays one question a sample
-        sources[1] = f"data.sources.0.path={grouped_instructions(instruct, group_questions)}"
+    questions = grouped_instructions(instruct, group_questions) if group_questions > 1 else instruct
+    sources[1] = f"data.sources.0.path={questions}"  # the reading questions' second pass (source 2) stays one a sample
+    if described_weight > 0:
+        recipe = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml").to_dict()
+        sources.insert(0, with_source(recipe["data"]["sources"], {  # first: the paths' overrides follow
+            "type": "llava", "path": str(described_instructions(questions, world)), "weight": described_weight}))
     train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [*sources, *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, out / "stage2", folder)
