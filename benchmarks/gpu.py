@@ -108,7 +108,7 @@ def run(model, batch: int, tokens: int, device: torch.device, bandwidth: float) 
     return {"batch": batch, "prompt_positions": length, "prefill_s": round(prefill, 4),
             "decode_step_s": round(step, 5), "tokens_per_s": round(batch / step, 1),
             "bytes_per_step_gb": round(per_step / 1e9, 2), "bound_steps_per_s": round(bound, 1),
-            "of_bound": round(1 / step / bound, 3)}
+            "of_bound": float(f"{1 / step / bound:.3g}")}  # significant digits: a tiny check model's is ~1e-4
 
 
 def main(argv: list[str] | None = None) -> dict:
