@@ -208,7 +208,7 @@ def arrange_for_decoding(model) -> int:
     order a step reads them; the query with the text key and value, and gate with up, become
     one product each (:class:`~owlkit.models.decoder.FusedProduct`); the LM head gets a storage
     of its own, column-major; one-position steps run as a flat loop over the placed tensors
-    (:class:`~owlkit.models.decode_step.StepPlan`). Every linear keeps its own weight, as a view: the model trains,
+    and any quantized layers' kernels (:class:`~owlkit.models.decode_step.StepPlan`). Every linear keeps its own weight, as a view: the model trains,
     saves (:func:`savable_state_dict`) and loads as before, and the decoder takes the separate
     products whenever a part changes. Layers already placed, quantized or with biases are left
     as they are. A tied LM head shares its storage with the embedding table, whose row lookups
