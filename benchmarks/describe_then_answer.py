@@ -5,7 +5,10 @@ For each held-out world question (`owl eval synth`'s set), the model describes t
 {shape} {at|in|on} the {place}" phrase, and the written word) and the world's own answerer
 (``owlkit.zoo.world.answer_question``) answers the question from that scene. The accuracy is
 what describe-then-answer would score if the reading of the caption were perfect: an upper
-bound for answering through the model's own words, set beside its direct answers.
+bound for answering through the model's own words, set beside its direct answers. And the
+model itself answers from its caption (``from_own_caption``): the question asked without the
+picture, after "Image: <its caption>", as ``owl eval synth --described`` asks it with the true
+caption (and as ``owl small build --described-weight`` trains).
 
     python benchmarks/describe_then_answer.py [--model owl-small] [--seed 2000] [--n-per-task 100]
         [--tasks colour shape count position relation] [--batch-size 32] [--output describe.json]
@@ -25,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import arguments, emit  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
-from owlkit.zoo.synth_eval import conversation  # noqa: E402
+from owlkit.config import IMAGE_PLACEHOLDER  # noqa: E402
+from owlkit.zoo.synth_eval import conversation, with_short_answer_prompt  # noqa: E402
 from owlkit.zoo.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene, answer_question, exact_match, make_eval_set  # noqa: E402
 
 _CELLS = {name: cell for cell, name in POSITIONS.items()}
@@ -44,6 +48,14 @@ def scene_from_caption(text: str) -> Scene:
             objects.append(Obj(shape, colour, size, *_CELLS[place]))
     word = _WORD.search(text)
     return Scene(objects=objects, word=word.group(1) if word else None)
+
+
+def own_caption_conversation(sample, caption_text: str, prompt: str | None) -> list[dict]:
+    """The sample's question without its picture, after "Image: <caption_text>" (the form of
+    ``owl eval synth --described``, with the model's caption in place of the true one)."""
+    turns = with_short_answer_prompt(sample.conversations[:-1], prompt, sample.task)
+    question = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+    return [{"role": "user", "content": f"Image: {caption_text.strip()}\n{question}"}]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -67,11 +79,15 @@ def main(argv: list[str] | None = None) -> dict:
     prompt = owl.model.config.short_answer_prompt
     replies = owl.generate_batch([conversation(s, False, prompt) for s in samples], batch_size=args.batch_size,
                                  max_new_tokens=48)
+    # the model reads its own caption: the question without the picture, after "Image: <caption>"
+    own = [own_caption_conversation(s, text, prompt) for s, text in zip(samples, captions)]
+    from_own = owl.generate_batch(own, batch_size=args.batch_size, max_new_tokens=48)
     scores: dict[str, dict[str, list[bool]]] = {}
-    for sample, text, reply in zip(samples, captions, replies):
+    for sample, text, reply, own_reply in zip(samples, captions, replies, from_own):
         got = answer_question(sample.question, [scene_from_caption(text)])
-        task = scores.setdefault(sample.task, {"through_caption": [], "direct": []})
+        task = scores.setdefault(sample.task, {"through_caption": [], "from_own_caption": [], "direct": []})
         task["through_caption"].append(got is not None and exact_match(got, sample.answer))
+        task["from_own_caption"].append(exact_match(own_reply, sample.answer))
         task["direct"].append(exact_match(reply, sample.answer))
     result = {"settings": arguments(args),
               "tasks": {t: {k: round(sum(v) / len(v), 4) for k, v in r.items()} | {"n": len(r["direct"])}
