@@ -249,6 +249,23 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
         load_model(folder, quantize="int8")
 
 
+def test_a_config_names_its_int4_group_size(tmp_path):
+    """``int4_group_size`` in config.json is the default group size of int4 loading (an explicit
+    one wins); a value the kernel does not take is a one-line error naming the file."""
+    folder = tmp_path / "m"
+    make_model_folder(folder, "test-owl2", seed=1)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, int4_group_size=32)))
+    model = load_model(folder, quantize="int4")
+    groups = {m.group_size for m in model.modules() if isinstance(m, Q.QuantizedLinear) and m.bits == 4}
+    assert groups == {32} and model.config.owlkit_quantization["group_size"] == 32
+    assert load_model(folder, quantize="int4", group_size=64).config.owlkit_quantization["group_size"] == 64
+    (folder / "config.json").write_text(json.dumps(dict(config, int4_group_size=48)))
+    with pytest.raises(CheckpointError, match="int4_group_size must be one of 32, 64, 128, 256, got 48"):
+        load_model(folder, quantize="int4")
+    assert load_model(folder, quantize="int8").config.owlkit_quantization["bits"] == 8  # int8 has no groups
+
+
 def test_a_config_keeps_named_layers_at_int8_in_int4(tmp_path):
     """``int8_in_int4: ["visual"]``: the modality-adaptive visual branches stay int8 when the rest
     is int4, when quantized while loading and in a folder ``owl quantize`` wrote."""

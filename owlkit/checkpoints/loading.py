@@ -150,7 +150,8 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     accelerate, as transformers does. ``max_memory`` caps the memory the model may use (bytes
     or ``"8GB"``; also ``OWLKIT_MAX_MEMORY``). ``quantize="int8" | "int4"`` quantizes the
     decoder's linear layers and the LM head as each weight is read (:mod:`owlkit.quantization`;
-    ``group_size`` for int4, default 128), so the float model is never held; a folder written
+    ``group_size`` for int4: the config's ``int4_group_size`` where it names one, else 128), so
+    the float model is never held; a folder written
     quantized (``owl quantize``) loads as it is. int4 layers are repacked into the kernel's
     layout as they load and keep no portable copy, unless ``keep_portable`` (to save the model).
     """
@@ -181,7 +182,11 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     in_int8: list[str] = []  # int4 asked for, a width int4 cannot hold: int8
     low_rank: dict = {}  # layer -> (lora_A, lora_B) kept out of the quantized weight
     if bits is not None:
-        group_size = int(group_size or Q.DEFAULT_GROUP_SIZE)
+        preferred = getattr(config, "int4_group_size", None) if bits == 4 else None  # the model's own choice
+        if group_size is None and preferred is not None and preferred not in Q.GROUP_SIZES:
+            raise CheckpointError(f"{folder / 'config.json'}: int4_group_size must be one of "
+                                  f"{', '.join(map(str, Q.GROUP_SIZES))}, got {preferred!r}; fix or remove it")
+        group_size = int(group_size or preferred or Q.DEFAULT_GROUP_SIZE)
         if group_size not in Q.GROUP_SIZES:
             raise CheckpointError(f"group_size must be one of {', '.join(map(str, Q.GROUP_SIZES))} "
                                   f"(what PyTorch's int4 kernel takes), got {group_size}")

@@ -76,7 +76,7 @@ def run(args) -> int:
         for bits in (8, 4):
             with torch.device("meta"):
                 shell = OwlForCausalLM(cfg)
-            replace_linears(shell, bits, 128)
+            replace_linears(shell, bits, getattr(cfg, "int4_group_size", None) or 128)
             rest = sum(p.numel() for p in shell.parameters())
             q = sum(b.numel() * b.element_size() for m in shell.modules() if isinstance(m, QuantizedLinear) for b in m.buffers())
             need = needed_bytes(rest, torch.bfloat16, q)

