@@ -82,15 +82,17 @@ class _Products:
         self.weights: list[tuple[nn.Module, int]] = []
         self.modules: list[nn.Module] = []
 
-    def one(self, linear: nn.Module, cast: dict) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        """``linear``'s product as a function of a float32 [B, in] input, the same operations as
-        its forward; None for a layer of another kind. ``cast``: one input's cast to the kernel's
-        activation dtype, shared by the products of that input (the same cast each would make)."""
+    def one(self, linear: nn.Module) -> Callable | None:
+        """``linear``'s product as a function ``f(h, cast=None)`` of a float32 [B, in] input, the
+        same operations as its forward; None for a layer of another kind. A quantized layer's
+        function has an ``act`` attribute, its kernel's activation dtype, and takes ``cast``, the
+        input already cast to it (the same cast it would make), so that products of one input
+        share it."""
         self.modules.append(linear)
         if _plain_linear(linear):
             self.weights.append((linear, linear.weight.data_ptr()))
             weight = linear.weight
-            return lambda h: F.linear(h, weight)
+            return lambda h, cast=None: F.linear(h, weight)
         from owlkit.quantization import QuantizedLinear, compute_path  # at module level, a cycle (through owlkit.memory)
 
         if type(linear) is not QuantizedLinear:
@@ -101,51 +103,57 @@ class _Products:
         self.watched.append((linear._parameters, "bias", bias))
         if path == "dequantize" or (bias is not None and bias.dtype != torch.float32) or any(
                 t is not None and t.dtype != torch.float32 for t in (lora_a, lora_b)):
-            return linear.forward  # its own operations, without the module call
+            forward = linear.forward  # its own operations, without the module call
+            return lambda h, cast=None: forward(h)
         act = torch.bfloat16 if path == "kernel-bf16" else torch.float32
         kernel = linear._prepared(act)
         self.watched.append((linear._kernel, act, kernel))
         weight, scales = kernel
         if linear.bits == 8:
-            def product(h):
-                return torch.ops.aten._weight_int8pack_mm(h, weight, scales)
+            def product(a):
+                return torch.ops.aten._weight_int8pack_mm(a, weight, scales)
         else:
             group = linear.group_size
 
-            def product(h):
-                return torch.ops.aten._weight_int4pack_mm_for_cpu(h, weight, group, scales)
+            def product(a):
+                return torch.ops.aten._weight_int4pack_mm_for_cpu(a, weight, group, scales)
 
-        def quantized(h):  # QuantizedLinear.forward for a float32, 2-D input
+        def quantized(h, cast=None):  # QuantizedLinear.forward for a float32, 2-D input
             if act is torch.float32:
                 out = product(h.contiguous())
             else:
-                if cast.get("input") is not h:  # the products of one input share its cast
-                    cast.update(input=h, cast=h.to(act).contiguous())
-                out = product(cast["cast"]).to(torch.float32)
+                out = product(h.to(act).contiguous() if cast is None else cast).to(torch.float32)
             if lora_a is not None:
                 out = out + (h @ lora_a.T) @ lora_b.T
             if bias is not None:
                 out = out + bias
             return out
 
+        quantized.act = act
         return quantized
 
-    def joint(self, product: FusedProduct | None, linears: list[nn.Module], cast: dict, split: bool):
-        """One function for several linears of one input, and the fused product it reads (or
-        None): ``product``'s joint weight while it is current, else each linear's product; the
-        outputs side by side, or one tensor a linear (``split``)."""
+    def joint(self, product: FusedProduct | None, linears: list[nn.Module], split: bool):
+        """One function of ``h`` for several linears of one input, and the fused product it reads
+        (or None): ``product``'s joint weight while it is current, else each linear's product
+        (the input cast once for those whose kernel takes bfloat16); the outputs side by side,
+        or one tensor a linear (``split``)."""
         if product is not None and product.check():
             self.modules += linears
             weight, sizes = product.weight, product.sizes
             if split:
                 return (lambda h: F.linear(h, weight).split(sizes, dim=-1)), product
             return (lambda h: F.linear(h, weight)), product
-        parts = [self.one(linear, cast) for linear in linears]
+        parts = [self.one(linear) for linear in linears]
         if any(p is None for p in parts):
             return None, None
-        if split:
-            return (lambda h: [p(h) for p in parts]), None
-        return (lambda h: torch.cat([p(h) for p in parts], dim=-1)), None
+        shared = [getattr(p, "act", None) is torch.bfloat16 for p in parts]
+
+        def each(h):
+            cast = h.to(torch.bfloat16).contiguous() if any(shared) else None
+            outs = [p(h, cast if s else None) for p, s in zip(parts, shared)]
+            return outs if split else torch.cat(outs, dim=-1)
+
+        return each, None
 
 
 class StepPlan:
@@ -170,12 +178,11 @@ class StepPlan:
             norm1, norm2 = _text(layer.input_layernorm), _text(layer.post_attention_layernorm)
             if not (_norm(norm1) and _norm(norm2)) or type(mlp.act_fn) not in _SILU:
                 return None
-            casts = ({}, {}, {}, {})  # per input: the attention's, its output's, the MLP's, down's
             qkv, q_fused = found.joint(attn.fused_qkv, [attn.q_proj, _text(attn.k_proj), _text(attn.v_proj)],
-                                       casts[0], split=False)
+                                       split=False)
             gate_up, g_fused = found.joint(getattr(mlp, "fused_gate_up", None), [mlp.gate_proj, mlp.up_proj],
-                                           casts[2], split=True)
-            o, down = found.one(attn.o_proj, casts[1]), found.one(mlp.down_proj, casts[3])
+                                           split=True)
+            o, down = found.one(attn.o_proj), found.one(mlp.down_proj)
             if qkv is None or gate_up is None or o is None or down is None:
                 return None
             fused += [p for p in (q_fused, g_fused) if p is not None]
