@@ -40,7 +40,7 @@ def test_quantized_weights_and_layers_agree_with_their_dequantized_weight():
         assert Q.compute_path(bits) in ("kernel-bf16", "kernel-fp32", "dequantize")
 
 
-def test_layers_int4_cannot_hold_go_int8_and_are_reported(tmp_path):
+def test_layers_int4_cannot_hold_go_int8_and_are_reported(tmp_path, capsys):
     """A width int4's groups do not divide: that layer is int8 (not float), and the folder's
     config lists it; the LM head is int8 in int4 mode; a folder written when such layers stayed
     float (listed in ``kept``) still loads them in float."""
@@ -58,6 +58,10 @@ def test_layers_int4_cannot_hold_go_int8_and_are_reported(tmp_path):
     for name in grouped.config.owlkit_quantization["in_int8"]:
         layer = grouped.get_submodule(name)
         assert layer.in_features % 32 or layer.out_features % 16
+    assert owl(["quantize", str(folder), str(tmp_path / "q"), "--bits", "4", "--group-size", "256"]) == 0
+    assert f"in int8 (widths not a multiple of 256): {len(info['in_int8'])} layer(s)" in capsys.readouterr().out
+    assert owl(["info", str(tmp_path / "q")]) == 0
+    assert f"{len(info['in_int8'])} in int8, their widths not a multiple of the group size" in capsys.readouterr().out
     # a folder of the earlier rule: the ungroupable layers in float, named in "kept"
     config = load_model(folder).config
     with torch.device("meta"):
