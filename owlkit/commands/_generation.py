@@ -16,7 +16,7 @@ def add_load_arguments(parser) -> None:
                              "on a GPU the checkpoint's own)")
     parser.add_argument("--quantize", default=None, choices=("int8", "int4"),
                         help="weight-only quantization of the decoder and LM head while loading (CPU)")
-    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
+    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default: the model config's int4_group_size, else 128)")
 
 
 def add_generation_arguments(parser) -> None:

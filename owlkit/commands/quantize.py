@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("src", help="model folder (official mPLUG-Owl / mPLUG-Owl2, or owlkit)")
     parser.add_argument("dst", help="output folder (must not exist or be empty)")
     parser.add_argument("--bits", type=int, choices=(4, 8), required=True, help="int8 per channel or int4 in groups")
-    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
+    parser.add_argument("--group-size", type=int, default=None, help="int4 group size (default: the model config's int4_group_size, else 128)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="dtype of the parts that stay unquantized (default: as the loader chooses)")
 
