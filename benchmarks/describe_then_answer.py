@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import arguments, emit  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
-from owlkit.config import IMAGE_PLACEHOLDER  # noqa: E402
 from owlkit.zoo.synth_eval import conversation, with_short_answer_prompt  # noqa: E402
 from owlkit.zoo.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj, Scene, answer_question, exact_match, make_eval_set  # noqa: E402
+from owlkit.zoo.world import with_captions  # noqa: E402
 
 _CELLS = {name: cell for cell, name in POSITIONS.items()}
 _OBJECT = re.compile(rf"an? ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) (?:at|in|on) the "
@@ -54,8 +54,7 @@ def own_caption_conversation(sample, caption_text: str, prompt: str | None) -> l
     """The sample's question without its picture, after "Image: <caption_text>" (the form of
     ``owl eval synth --described``, with the model's caption in place of the true one)."""
     turns = with_short_answer_prompt(sample.conversations[:-1], prompt, sample.task)
-    question = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
-    return [{"role": "user", "content": f"Image: {caption_text.strip()}\n{question}"}]
+    return [{"role": "user", "content": with_captions(turns[0]["value"], [caption_text.strip()])}]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from owlkit.errors import ConfigError, first_line
+from owlkit.errors import CheckpointError, ConfigError, first_line
 from owlkit.memory import release_free_memory
 
 BITS = {"int8": 8, "int4": 4}
@@ -64,6 +64,21 @@ def parse_quantize(value) -> int | None:
     if key not in BITS:
         raise ConfigError(f"unknown quantize value {value!r}; use int8 or int4")
     return BITS[key]
+
+
+def group_size_for(config, asked: int | None, where: str = "config.json") -> int:
+    """The int4 group size to use: ``asked``, else ``config``'s ``int4_group_size`` (the size that
+    model quantizes best in; owl-small's base sits on a grid of 32), else 128; checked against
+    what the kernel takes. ``config`` None: no model preference (int8, which has no groups)."""
+    preferred = getattr(config, "int4_group_size", None)
+    if asked is None and preferred is not None and preferred not in GROUP_SIZES:
+        raise CheckpointError(f"{where}: int4_group_size must be one of {', '.join(map(str, GROUP_SIZES))}, "
+                              f"got {preferred!r}; fix or remove it")
+    size = int(asked or preferred or DEFAULT_GROUP_SIZE)
+    if size not in GROUP_SIZES:
+        raise CheckpointError(f"group_size must be one of {', '.join(map(str, GROUP_SIZES))} "
+                              f"(what PyTorch's int4 kernel takes), got {size}")
+    return size
 
 
 # ---------------------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ def test_a_low_rank_update_stays_out_of_the_rounding(tmp_path, capsys):
         load_model(folder, quantize="int8")
 
 
-def test_a_config_names_its_int4_group_size(tmp_path):
+def test_a_config_names_its_int4_group_size(tmp_path, capsys):
     """``int4_group_size`` in config.json is the default group size of int4 loading (an explicit
     one wins); a value the kernel does not take is a one-line error naming the file."""
     folder = tmp_path / "m"
@@ -267,6 +267,9 @@ def test_a_config_names_its_int4_group_size(tmp_path):
     (folder / "config.json").write_text(json.dumps(dict(config, int4_group_size=48)))
     with pytest.raises(CheckpointError, match="int4_group_size must be one of 32, 64, 128, 256, got 48"):
         load_model(folder, quantize="int4")
+    assert owl(["info", str(folder)]) != 0  # owl info's int4 estimate reads it too: the same one line
+    err = capsys.readouterr().err
+    assert "int4_group_size must be one of 32, 64, 128, 256, got 48" in err and "Traceback" not in err
     assert load_model(folder, quantize="int8").config.owlkit_quantization["bits"] == 8  # int8 has no groups
 
 

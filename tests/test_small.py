@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,10 +171,13 @@ def test_owl_small_build_passes_its_options_to_the_build(monkeypatch, capsys):
     assert seen["caption_order"] == "shuffled" and seen["group_questions"] == 3
     assert "projector" not in seen
     assert main(["small", "build", "--projector", "linear"]) == 0 and seen["projector"] == "linear"
+    assert "described_weight" not in seen
+    assert main(["small", "build", "--described-weight", "0.5"]) == 0 and seen["described_weight"] == 0.5
     seen.clear()
     for bad, message in ((["--group-questions", "0"], "--group-questions must be at least 1, got 0"),
                          (["--variant", "no-mam", "--caption-order", "shuffled"], "change owl-small's own build"),
-                         (["--variant", "no-mam", "--projector", "linear"], "change owl-small's own build")):
+                         (["--variant", "no-mam", "--projector", "linear"], "change owl-small's own build"),
+                         (["--variant", "no-mam", "--described-weight", "1"], "change owl-small's own build")):
         assert main(["small", "build", *bad]) == 2 and message in capsys.readouterr().err
     assert not seen  # refused before any build
 
@@ -238,11 +242,11 @@ def test_stage_data_options_shuffle_caption_order_and_group_one_picture_question
 
 def test_described_twins_ask_the_same_questions_of_the_written_scene(tmp_path):
     """Each record about one picture (single or grouped) gets a text twin: the same turns and
-    answers, the picture replaced by its scene's caption; other tasks get none; and a stage-2
-    override built from it adds the source after the recipe's own, whose paths still apply."""
+    answers, the picture replaced by its scene's caption; other tasks get none; and stage 2's
+    overrides add that source after the recipe's own, with their paths set."""
     from owlkit.training.recipe import RECIPE_DIR, load_recipe
     from owlkit.zoo import world as W
-    from owlkit.zoo.small import ONE_QUESTION_TASKS, described_instructions, grouped_instructions, with_source
+    from owlkit.zoo.small import ONE_QUESTION_TASKS, described_instructions, grouped_instructions, stage2_sources
 
     world = tmp_path / "w"
     W.make_world(world, seed=4, n=40, image_size=56, fmt="jsonl", n_instruct=300)
@@ -260,11 +264,15 @@ def test_described_twins_ask_the_same_questions_of_the_written_scene(tmp_path):
         assert texts[0]["value"] == f"Image: {W.caption(scenes[record['image']])}\n" + \
             turns[0]["value"].replace("<|image|>", "").strip()
         assert all("<|image|>" not in t["value"] for t in texts)
-    override = with_source(load_recipe(RECIPE_DIR / "owl_small_stage2.yaml").to_dict()["data"]["sources"],
-                           {"type": "llava", "path": "twins.json", "weight": 0.5})
-    recipe = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml", [override, "data.sources.0.path=q.json"]).to_dict()
+    overrides = stage2_sources(Path("s1"), Path("g.json"), Path("i.json"), Path("q.json"), Path("twins.json"), 0.5)
+    recipe = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml", overrides).to_dict()
     assert [s["path"] for s in recipe["data"]["sources"]][::3] == ["q.json", "twins.json"]
     assert recipe["data"]["sources"][1]["distill"] is True and recipe["data"]["sources"][3]["weight"] == 0.5
+    assert [s["path"] for s in recipe["data"]["sources"]] == ["q.json", "g.json", "i.json", "twins.json"]
+    assert recipe["data"]["sources"][2]["tasks"] == ["read"] and recipe["model"]["init"] == "s1"
+    # without twins: the recipe's three sources, only their paths set (the shipped build's overrides)
+    plain = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml", stage2_sources(Path("s1"), Path("g.json"), Path("i.json")))
+    assert [s["path"] for s in plain.to_dict()["data"]["sources"]] == ["i.json", "g.json", "i.json"]
 
 
 def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):

@@ -182,14 +182,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     in_int8: list[str] = []  # int4 asked for, a width int4 cannot hold: int8
     low_rank: dict = {}  # layer -> (lora_A, lora_B) kept out of the quantized weight
     if bits is not None:
-        preferred = getattr(config, "int4_group_size", None) if bits == 4 else None  # the model's own choice
-        if group_size is None and preferred is not None and preferred not in Q.GROUP_SIZES:
-            raise CheckpointError(f"{folder / 'config.json'}: int4_group_size must be one of "
-                                  f"{', '.join(map(str, Q.GROUP_SIZES))}, got {preferred!r}; fix or remove it")
-        group_size = int(group_size or preferred or Q.DEFAULT_GROUP_SIZE)
-        if group_size not in Q.GROUP_SIZES:
-            raise CheckpointError(f"group_size must be one of {', '.join(map(str, Q.GROUP_SIZES))} "
-                                  f"(what PyTorch's int4 kernel takes), got {group_size}")
+        group_size = Q.group_size_for(config if bits == 4 else None, group_size, str(folder / "config.json"))
         if device_map is not None or (device is not None and torch.device(device).type != "cpu"):
             raise CheckpointError("quantized models run on the CPU (PyTorch's int8/int4 CPU kernels); "
                                   "drop device / device_map, or load unquantized on the GPU")

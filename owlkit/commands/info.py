@@ -21,7 +21,7 @@ def run(args) -> int:
     from owlkit.checkpoints import FORMATS, detect_format, read_config  # torch: import only when the command runs
     from owlkit.memory import COMFORTABLE, available_bytes, gb, needed_bytes  # torch: import only when the command runs
     from owlkit.models.owl import OwlForCausalLM  # torch: import only when the command runs
-    from owlkit.quantization import CONFIG_KEY, QuantizedLinear, replace_linears  # torch: import only when the command runs
+    from owlkit.quantization import CONFIG_KEY, QuantizedLinear, group_size_for, replace_linears  # torch: import only when the command runs
     from owlkit.weight_files import weight_index  # torch: import only when the command runs
 
     folder = resolve_model(args.model)
@@ -76,7 +76,7 @@ def run(args) -> int:
         for bits in (8, 4):
             with torch.device("meta"):
                 shell = OwlForCausalLM(cfg)
-            replace_linears(shell, bits, getattr(cfg, "int4_group_size", None) or 128)
+            replace_linears(shell, bits, group_size_for(cfg, None, str(folder / "config.json")))
             rest = sum(p.numel() for p in shell.parameters())
             q = sum(b.numel() * b.element_size() for m in shell.modules() if isinstance(m, QuantizedLinear) for b in m.buffers())
             need = needed_bytes(rest, torch.bfloat16, q)

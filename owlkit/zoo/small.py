@@ -275,19 +275,20 @@ def described_instructions(instruct: Path, world: Path) -> Path:
     return path
 
 
-def stage2_sources(stage1: Path, general: Path, instruct: Path) -> list[str]:
-    """Stage 2's overrides for its start and its three data sources (``owl_small_stage2.yaml``):
-    the world's instructions ``instruct`` (twice: all, then the reading questions again) and the
-    self-distilled text ``general``."""
-    return [f"model.init={stage1}", f"data.sources.0.path={instruct}", f"data.sources.1.path={general}",
-            f"data.sources.2.path={instruct}"]
-
-
-def with_source(sources: list[dict], source: dict) -> str:
-    """An override that sets a recipe's data sources to ``sources`` plus ``source`` (the list as
-    one YAML value: an override can set an entry, not add one). Overrides of the entries' paths
-    that come before it are lost, so it goes first; paths set after it apply."""
-    return "data.sources=" + json.dumps([*sources, source])
+def stage2_sources(stage1: Path, general: Path, instruct: Path, questions: Path | None = None,
+                   described: Path | None = None, described_weight: float = 0.0) -> list[str]:
+    """Stage 2's overrides for its start and its data sources (``owl_small_stage2.yaml``): the
+    world's ``questions`` (default ``instruct``), the self-distilled text ``general`` and the
+    reading questions of ``instruct`` again; with ``described`` (:func:`described_instructions`)
+    also that source at ``described_weight``, the list then set as one value (an override sets
+    an entry of a list; it cannot add one)."""
+    paths = [questions or instruct, general, instruct]
+    if described is None:
+        return [f"model.init={stage1}", *(f"data.sources.{k}.path={p}" for k, p in enumerate(paths))]
+    sources = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml").to_dict()["data"]["sources"]
+    sources = [dict(source, path=str(p)) for source, p in zip(sources, paths, strict=True)]
+    sources.append({"type": "llava", "path": str(described), "weight": described_weight})
+    return [f"model.init={stage1}", "data.sources=" + json.dumps(sources)]
 
 
 def ensure_general(general: Path, init: Path) -> Path:
@@ -332,13 +333,10 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
 
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
         f"model.init={init}", f"data.sources.0.path={captions}", *overrides.get("stage1", [])])
-    sources = stage2_sources(stage1, general, instruct)
+    # grouped or not, the reading questions' second pass (source 2) stays one question a sample
     questions = grouped_instructions(instruct, group_questions) if group_questions > 1 else instruct
-    sources[1] = f"data.sources.0.path={questions}"  # the reading questions' second pass (source 2) stays one a sample
-    if described_weight > 0:
-        recipe = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml").to_dict()
-        sources.insert(0, with_source(recipe["data"]["sources"], {  # first: the paths' overrides follow
-            "type": "llava", "path": str(described_instructions(questions, world)), "weight": described_weight}))
+    described = described_instructions(questions, world) if described_weight > 0 else None
+    sources = stage2_sources(stage1, general, instruct, questions, described, described_weight)
     train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [*sources, *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, out / "stage2", folder)

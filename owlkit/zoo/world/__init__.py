@@ -39,7 +39,7 @@ on disk).
 from owlkit.zoo.world.answers import answer_question
 from owlkit.zoo.world.eval_sets import EvalSample, make_eval_set
 from owlkit.zoo.world.files import FORMATS, WORLD_FILES, load_scenes, make_world
-from owlkit.zoo.world.language import caption, described, described_turns, where_phrase
+from owlkit.zoo.world.language import caption, described, described_turns, where_phrase, with_captions
 from owlkit.zoo.world.rendering import cell_center, layout, render, text_box
 from owlkit.zoo.world.scenes import Obj, Scene, random_scene
 from owlkit.zoo.world.scoring import exact_match, normalize_answer
@@ -64,5 +64,5 @@ __all__ = [
     "EvalSample", "Obj", "Scene",
     "answer_question", "caption", "cell_center", "conversations", "described", "described_turns",
     "exact_match", "generate", "images_for", "layout", "load_scenes", "make_eval_set", "make_world",
-    "normalize_answer", "random_scene", "render", "text_box", "where_phrase",
+    "normalize_answer", "random_scene", "render", "text_box", "where_phrase", "with_captions",
 ]

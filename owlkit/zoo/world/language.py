@@ -65,11 +65,20 @@ def described(text: str, scenes: Sequence[Scene], start: int = 0) -> str:
     question with a perfect description instead of the picture.
     """
     n = text.count(IMAGE_PLACEHOLDER)
+    if n and start + n > len(scenes):
+        raise ValueError(f"{start + n} image placeholders but {len(scenes)} scenes")
+    return with_captions(text, [caption(scene) for scene in scenes], start)
+
+
+def with_captions(text: str, captions: Sequence[str], start: int = 0) -> str:
+    """:func:`described` with given captions (any text: a model's own, say) in place of the
+    scenes' canonical ones, in the same form."""
+    n = text.count(IMAGE_PLACEHOLDER)
     if not n:
         return text
-    if start + n > len(scenes):
-        raise ValueError(f"{start + n} image placeholders but {len(scenes)} scenes")
-    lines = [f"Image {k + 1}: {caption(scenes[k])}" if len(scenes) > 1 else f"Image: {caption(scenes[k])}"
+    if start + n > len(captions):
+        raise ValueError(f"{start + n} image placeholders but {len(captions)} captions")
+    lines = [f"Image {k + 1}: {captions[k]}" if len(captions) > 1 else f"Image: {captions[k]}"
              for k in range(start, start + n)]
     return "\n".join(lines) + "\n" + text.replace(IMAGE_PLACEHOLDER, "").strip()
 
