@@ -169,6 +169,8 @@ def test_owl_small_build_passes_its_options_to_the_build(monkeypatch, capsys):
     assert "caption_order" not in seen and "group_questions" not in seen  # the build's own defaults
     assert main(["small", "build", "--caption-order", "shuffled", "--group-questions", "3"]) == 0
     assert seen["caption_order"] == "shuffled" and seen["group_questions"] == 3
+    for order in small_build.CAPTION_ORDERS:  # the command offers every order the build knows
+        assert main(["small", "build", "--caption-order", order]) == 0 and seen["caption_order"] == order
     assert "projector" not in seen
     assert main(["small", "build", "--projector", "linear"]) == 0 and seen["projector"] == "linear"
     assert "described_weight" not in seen
@@ -186,7 +188,7 @@ def test_the_build_refuses_bad_data_options_before_writing_anything(tmp_path):
     from owlkit.errors import InputError
     from owlkit.zoo import small as small_build
 
-    with pytest.raises(InputError, match="caption_order must be 'rows' or 'shuffled', got 'columns'"):
+    with pytest.raises(InputError, match="caption_order must be one of 'rows', 'shuffled', 'statements', 'rows\\+statements', got 'columns'"):
         small_build.build(tmp_path / "o", caption_order="columns")
     with pytest.raises(InputError, match="group_questions must be at least 1, got 0"):
         small_build.build(tmp_path / "o", group_questions=0)
@@ -238,6 +240,50 @@ def test_stage_data_options_shuffle_caption_order_and_group_one_picture_question
         assert {r["task"] for r in records if r["id"] in members} <= set(ONE_QUESTION_TASKS)
     others = [r for r in records if r["task"] not in ONE_QUESTION_TASKS]
     assert [g for g in grouped if g["task"] not in ONE_QUESTION_TASKS and g["task"] != "grouped"] == others
+
+
+def test_statement_captions_are_true_lookups_one_an_object_and_stage1_reads_them(tmp_path):
+    """Each statement is true of its picture (checked by asking the world's own answerer the
+    question it states), names an object by attributes that pick it out alone, and says one
+    thing of each object; "rows+statements" gives stage 1 both files at equal weight."""
+    import re
+
+    from owlkit.zoo import world as W
+    from owlkit.zoo.small import stage1_sources, statement_captions
+    from owlkit.zoo.world.answers import answer_question
+    from owlkit.zoo.world.files import load_scenes
+
+    world = tmp_path / "w"
+    W.make_world(world, seed=3, n=60, image_size=56, fmt="jsonl", n_instruct=100)
+    scenes = load_scenes(world)
+    rows = [json.loads(line) for line in statement_captions(world, 0).read_text().splitlines()]
+    assert [r["image"] for r in rows] == [json.loads(x)["image"] for x in (world / "captions.jsonl").read_text().splitlines()]
+    checked = 0
+    for row in rows:
+        scene = scenes[row["image"]]
+        sentences = re.findall(r"[^.]+\.", row["caption"])
+        n = len(scene.objects)
+        assert sentences[0].strip() == (f"There are {n} objects." if n > 1 else "There is 1 object." if n else "The picture is empty.")
+        lookups = [x.strip() for x in sentences[1:] if not x.strip().startswith("The word")]
+        assert len(lookups) == n  # one statement an object (every object here can be named alone)
+        for sentence in lookups:
+            ref, value = re.fullmatch(r"The (.+) is (?:a )?(.+)\.", sentence).groups()
+            if value in ("circle", "square", "triangle", "star", "diamond"):
+                question = f"What shape is the {ref}?"
+            elif value.startswith(("at the", "on the", "in the")):
+                question, value = f"Where is the {ref}?", value.split(" the ", 1)[1]
+            else:
+                question = f"What colour is the {ref}?"
+            assert answer_question(question, [scene]) == value, (row["caption"], question)
+            checked += 1
+        if scene.word:
+            assert sentences[-1].strip() == f"The word {scene.word} is written at the bottom."
+    assert checked > 60
+    assert statement_captions(world, 0).read_text() == (world / "captions_statements.jsonl").read_text()  # seeded
+    assert stage1_sources(world, "statements", 0) == [f"data.sources.0.path={world / 'captions_statements.jsonl'}"]
+    both = json.loads(stage1_sources(world, "rows+statements", 0)[0].split("=", 1)[1])
+    assert [(x["path"], x["type"]) for x in both] == [(str(world / "captions.jsonl"), "captions"),
+                                                      (str(world / "captions_statements.jsonl"), "captions")]
 
 
 def test_described_twins_ask_the_same_questions_of_the_written_scene(tmp_path):

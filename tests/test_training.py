@@ -18,13 +18,14 @@ from owlkit.training.recipe import load_recipe
 
 
 def tiny(out, **over) -> dict:
-    """A recipe for a few-step run of a tiny model on random tensors."""
+    """A recipe for a few-step run of a tiny model on random tensors, in fp32."""
     recipe = {
         "model": {"preset": "test-owl2"},
         "stage": "owl2_stage2",
         "data": {"sources": [{"type": "random", "num_samples": 24, "text_tokens": 10}]},
         "optim": {"lr": 1e-3, "warmup_steps": 1},
-        "train": {"steps": 4, "micro_batch_size": 2, "grad_accum": 2, "threads": 1},
+        # fp32: the engine's sums are compared exactly across batch splits (auto is bf16 on some CPUs)
+        "train": {"steps": 4, "micro_batch_size": 2, "grad_accum": 2, "threads": 1, "precision": "fp32"},
         "checkpoint": {"every": 2, "keep": 2},
         "log": {"progress": False},
         "output_dir": str(out),
@@ -436,6 +437,30 @@ def test_grad_accumulation_and_checkpointing_give_the_global_batch_loss(tmp_path
     accum = losses(train(tiny(tmp_path / "b", train__steps=3, train__micro_batch_size=1, train__grad_accum=4,
                               train__gradient_checkpointing=True)))
     assert accum == pytest.approx(base, abs=1e-5)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_on_a_cpu_with_native_bf16_only(monkeypatch, native):
+    from owlkit.training.setup import autocast_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32_deterministic_and_keeps_fp32_weights(tmp_path):
+    from owlkit.training import train
+
+    fp32 = train(tiny(tmp_path / "fp32", train__precision="fp32"))
+    bf16 = train(tiny(tmp_path / "bf16", train__precision="bf16"))
+    assert losses(bf16) == pytest.approx(losses(fp32), rel=0.03) and losses(bf16) != losses(fp32)
+    assert losses(train(tiny(tmp_path / "again", train__precision="bf16"))) == losses(bf16)  # deterministic
+    from safetensors.torch import load_file
+
+    weights = load_file(str(bf16.final_dir / "model.safetensors"))
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
 
 
 def test_loss_matches_the_model_loss(tmp_path):

@@ -32,7 +32,7 @@ def tiny(out, **over) -> dict:
         "data": {"sources": [{"type": "random", "num_samples": 32, "text_tokens": 10,
                               "images_per_sample": [1, 0, 0, 0]}], "shuffle": False},
         "optim": {"lr": 1e-3, "warmup_steps": 1, "layer_decay": 0.8},
-        "train": {"steps": 4, "micro_batch_size": 2, "grad_accum": 2, "threads": 1},
+        "train": {"steps": 4, "micro_batch_size": 2, "grad_accum": 2, "threads": 1, "precision": "fp32"},  # exact sums
         "checkpoint": {"every": 2, "keep": 2},
         "log": {"progress": False},
         "output_dir": str(out),

@@ -23,8 +23,9 @@ def add_arguments(parser) -> None:
                         help="recipe override for stage 1 (repeatable; e.g. optim.lr=3e-4)")
     parser.add_argument("--stage2", action="append", default=[], metavar="KEY=VALUE",
                         help="recipe override for stage 2 (repeatable)")
-    parser.add_argument("--caption-order", choices=["rows", "shuffled"], default=None,
-                        help="build: stage 1's captions name each picture's objects row by row or in a random order "
+    parser.add_argument("--caption-order", choices=["rows", "shuffled", "statements", "rows+statements"], default=None,
+                        help="build: stage 1's captions name each picture's objects row by row or in a random order, "
+                             "or describe it as lookups ('The square is blue.'), or both rows and statements "
                              "(default: the shipped build's)")
     parser.add_argument("--group-questions", type=int, default=None, metavar="N",
                         help="build: stage 2 asks up to N of a picture's questions in one conversation "

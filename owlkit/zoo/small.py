@@ -70,7 +70,7 @@ from owlkit.zoo.small_model import (
 from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
 from owlkit.zoo.tiny import BUILD_LAYOUT, ensure_world
 from owlkit.zoo.world.files import load_scenes
-from owlkit.zoo.world.language import caption, described_turns
+from owlkit.zoo.world.language import caption, described_turns, refer, where_phrase
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,16 +201,85 @@ def shuffled_captions(world: Path, seed: int) -> Path:
     """The world's captions with each picture's objects named in a random order (seeded; file
     order kept), as ``captions_shuffled.jsonl`` beside them. In reading order, stage 1 teaches
     where-then-what lookups only: docs/owl-small.md, "Where the binding is lost"."""
+    return _recaptioned(world, "captions_shuffled.jsonl", caption, seed)
+
+
+def _recaptioned(world: Path, name: str, describe, seed: int) -> Path:
+    """``captions.jsonl`` with each picture's caption replaced by ``describe(scene, rng)`` (one
+    ``random.Random(seed)`` through the file, in its order), written beside it as ``name``."""
     scenes = load_scenes(world)
     rng = random.Random(seed)
     lines = []
     for line in (world / "captions.jsonl").read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            lines.append(json.dumps(dict(row, caption=caption(scenes[row["image"]], rng))))
-    path = world / "captions_shuffled.jsonl"
+            lines.append(json.dumps(dict(row, caption=describe(scenes[row["image"]], rng))))
+    path = world / name
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: What a statement about one object says, and the attribute sets that may name the object
+#: (as the world's colour, shape and position questions name them: ``refer``).
+STATEMENTS = (
+    ("The {ref} is {value}.", "colour", (("shape",), ("size", "shape"), ("cell",))),
+    ("The {ref} is a {value}.", "shape", (("colour",), ("size", "colour"), ("cell",))),
+    ("The {ref} is {value}.", "where", (("shape",), ("colour", "shape"), ("size", "colour", "shape"))),
+)
+
+
+def scene_statements(scene, rng: random.Random) -> str:
+    """A picture described as lookups: how many objects, then one statement per object (in a
+    random order) of its colour, shape or place, said of the object as named by its other
+    attributes ("The square is blue. The red object is at the top left."), then the written word.
+
+    A caption in reading order only ever asks the frozen LLM to find the next object by its
+    place; these ask it to find an object by what it is and read another attribute off it, the
+    lookup the world's questions ask (docs/owl-small.md, "Where the binding is lost"). One
+    statement an object, so that no statement can be read off an earlier one instead of the
+    picture; the count first, so that it cannot be read off the number of statements."""
+    objects = list(scene.objects)
+    rng.shuffle(objects)
+    n = len(objects)
+    sentences = [f"There {'is' if n == 1 else 'are'} {n} object{'' if n == 1 else 's'}." if n else "The picture is empty."]
+    for o in objects:
+        for template, attr, options in rng.sample(STATEMENTS, len(STATEMENTS)):
+            ref = refer(rng, o, scene.objects, options)
+            if ref:
+                value = where_phrase(o.row, o.col) if attr == "where" else getattr(o, attr)
+                sentences.append(template.format(ref=ref, value=value))
+                break
+    if scene.word:
+        sentences.append(f"The word {scene.word} is written at the bottom.")
+    return " ".join(sentences)
+
+
+def statement_captions(world: Path, seed: int) -> Path:
+    """The world's pictures described by :func:`scene_statements` (seeded; file order kept), as
+    ``captions_statements.jsonl`` beside the captions."""
+    return _recaptioned(world, "captions_statements.jsonl", scene_statements, seed)
+
+
+#: What stage 1 reads about each picture (:func:`stage1_sources`).
+CAPTION_ORDERS = ("rows", "shuffled", "statements", "rows+statements")
+
+
+def stage1_sources(world: Path, caption_order: str, seed: int) -> list[str]:
+    """Stage 1's data overrides (``owl_small_stage1.yaml``): the world's captions in reading order
+    (``"rows"``), each picture's objects in a random order (``"shuffled"``:
+    :func:`shuffled_captions`), the pictures described as lookups (``"statements"``:
+    :func:`statement_captions`), or the captions and the statements as two sources of equal
+    weight (``"rows+statements"``: each picture twice an epoch, once each way)."""
+    if caption_order == "shuffled":
+        return [f"data.sources.0.path={shuffled_captions(world, seed)}"]
+    if caption_order == "statements":
+        return [f"data.sources.0.path={statement_captions(world, seed)}"]
+    rows = world / "captions.jsonl"
+    if caption_order == "rows":
+        return [f"data.sources.0.path={rows}"]
+    source = load_recipe(RECIPE_DIR / "owl_small_stage1.yaml").to_dict()["data"]["sources"][0]
+    sources = [dict(source, path=str(rows)), dict(source, path=str(statement_captions(world, seed)))]
+    return ["data.sources=" + json.dumps(sources)]
 
 
 #: Tasks whose records ask one question about one picture: the ones :func:`grouped_instructions` joins.
@@ -305,8 +374,7 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
           projector: str = "abstractor", described_weight: float = 0.0) -> dict:
     """World, base, stage 1, stage 2, evaluation, installation (module doc). ``overrides``:
     extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``).
-    ``caption_order``: stage 1's captions in reading order (``"rows"``) or each picture's objects
-    in a random order (``"shuffled"``: :func:`shuffled_captions`); ``group_questions``: stage 2
+    ``caption_order``: stage 1's captions (:func:`stage1_sources`); ``group_questions``: stage 2
     asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`);
     ``projector``: owl-tiny's abstractor (``"abstractor"``) or a new linear layer on every patch
     (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md measures why);
@@ -314,8 +382,8 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     scenes (:func:`described_instructions`), that source at this weight."""
     if projector not in PROJECTORS:
         raise InputError(f"projector must be {' or '.join(map(repr, PROJECTORS))}, got {projector!r}")
-    if caption_order not in ("rows", "shuffled"):
-        raise InputError(f"caption_order must be 'rows' or 'shuffled', got {caption_order!r}")
+    if caption_order not in CAPTION_ORDERS:
+        raise InputError(f"caption_order must be one of {', '.join(map(repr, CAPTION_ORDERS))}, got {caption_order!r}")
     if group_questions < 1:
         raise InputError(f"group_questions must be at least 1, got {group_questions}")
     if described_weight < 0:
@@ -329,10 +397,8 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT, projector=projector)
     general = ensure_general(out / "general.json", init)
     instruct = short_answer_instructions(world, SHORT_ANSWER_PROMPT)
-    captions = shuffled_captions(world, seed) if caption_order == "shuffled" else world / "captions.jsonl"
-
     stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
-        f"model.init={init}", f"data.sources.0.path={captions}", *overrides.get("stage1", [])])
+        f"model.init={init}", *stage1_sources(world, caption_order, seed), *overrides.get("stage1", [])])
     # grouped or not, the reading questions' second pass (source 2) stays one question a sample
     questions = grouped_instructions(instruct, group_questions) if group_questions > 1 else instruct
     described = described_instructions(questions, world) if described_weight > 0 else None
