@@ -29,9 +29,9 @@ def copy_bandwidth(megabytes: int = 512) -> float:
     return 2 * n * 4 / t
 
 
-def matmul_rate(n: int = 1024) -> float:
-    """fp32 FLOP/s of a square matmul (2 n^3 FLOPs)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_rate(n: int = 1024, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a square matmul (2 n^3 FLOPs) in ``dtype`` (fp32 by default)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     t = best_time(lambda: a @ b, repeat=10, warmup=2)
     return 2 * n**3 / t
 

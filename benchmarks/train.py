@@ -1,7 +1,8 @@
 """Training throughput and model FLOP utilisation (MFU) on this machine.
 
-    python benchmarks/train.py                      # small preset, stage 2, batch 8, 2 threads
+    python benchmarks/train.py                      # small preset, stage 2, batch 8, 2 threads, fp32
     python benchmarks/train.py --threads 1 --steps 6 --profile
+    python benchmarks/train.py --precision fp32 bf16  # both, and bf16's speed as a ratio to fp32's
 
 Runs the real training loop (``owlkit.training.train``: data, loss, backward, clipping, AdamW)
 on random data (one image + ``--text-tokens`` text tokens per sample, half of them supervised)
@@ -17,8 +18,14 @@ and prints JSON:
   (keys/values ``Q + 1 + grid^2``), decoder ``65 + text``, the LM head only the supervised
   positions (the loss needs logits nowhere else). Embedding look-ups are free;
 * ``counted_flops_per_sample``: the same, measured with ``torch.utils.flop_counter`` on one step;
-* ``matmul_flops``: fp32 matmul rate measured in the same process (``machine.matmul_rate``);
+* ``matmul_flops``: the matmul rate in the run's precision (fp32, or bf16 for bf16 autocast)
+  measured in the same process (``machine.matmul_rate``);
 * ``mfu`` = samples/s x model FLOPs per sample / matmul rate.
+
+With several ``--precision`` values each gets its own run (same data, same seed) under
+``runs``, and ``speedup_vs_fp32`` gives each run's samples/s over the fp32 run's. bf16 is
+autocast with fp32 weights (``train.precision: bf16``); a CPU without avx512_bf16 or AMX
+emulates it, far slower (docs/training.md).
 """
 
 from __future__ import annotations
@@ -107,7 +114,7 @@ def counted_flops(recipe: dict, batch: dict) -> float:
     return counter.get_total_flops() / batch["input_ids"].shape[0]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small")
     parser.add_argument("--stage", default="owl2_stage2")
@@ -117,63 +124,87 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="measured steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also print the top operators of one step")
-    args = parser.parse_args()
+    parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
+                        help="train.precision of the runs (several: one run each, compared)")
+    args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from owlkit.training import train
+    from owlkit.config import OwlConfig
     from owlkit.training.sources import RandomDataset, tensor_collate
 
-    rate = matmul_rate()
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe = {
-            "model": {"preset": args.preset},
-            "stage": args.stage,
-            "data": {"sources": [{"type": "random", "num_samples": 4096, "text_tokens": args.text_tokens,
-                                  "fixed_length": True, "images_per_sample": 1}], "max_length": 4096},
-            "optim": {"lr": 1e-5, "warmup_steps": 1, "weight_decay": 0.05},
-            "train": {"steps": args.warmup + args.steps, "micro_batch_size": args.batch, "grad_accum": 1,
-                      "threads": args.threads, "precision": "fp32", "device": "cpu"},
-            "checkpoint": {"every": 0, "keep": 1},
-            "log": {"progress": False, "every": 10**6},
-            "output_dir": os.path.join(tmp, "run"),
-        }
-        if args.stage == "owl1_stage2":
-            recipe["lora"] = {"r": 8}
-        import contextlib
-        import io
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = train(recipe)
-        rows = result.history[args.warmup:]
-        step_s = statistics.median(args.batch / r["samples_per_s"] for r in rows)
-        rate_after = matmul_rate()
-        from owlkit.config import OwlConfig
-
-        config = OwlConfig.from_preset(args.preset)
-        data = RandomDataset(args.batch, config.text_config.vocab_size, config.vision_config.image_size,
-                             text_tokens=args.text_tokens, fixed_length=True, seed=1)
-        batch = tensor_collate([data[i] for i in range(args.batch)])
-        supervised = int((batch["labels"][:, 1:] != -100).sum()) / args.batch
-        flops = model_flops(config, args.text_tokens, supervised, args.stage)
-        counted = counted_flops(recipe, batch)
-        if args.profile:
-            _profile(recipe, batch)
-    sps = args.batch / step_s
-    matmul = max(rate, rate_after)
+    config = OwlConfig.from_preset(args.preset)
+    data = RandomDataset(args.batch, config.text_config.vocab_size, config.vision_config.image_size,
+                         text_tokens=args.text_tokens, fixed_length=True, seed=1)
+    batch = tensor_collate([data[i] for i in range(args.batch)])
+    supervised = int((batch["labels"][:, 1:] != -100).sum()) / args.batch
+    flops = model_flops(config, args.text_tokens, supervised, args.stage)
+    runs = [run_precision(args, precision, flops) for precision in args.precision]
     report = {
         "preset": args.preset, "stage": args.stage, "batch": args.batch, "threads": args.threads,
         "text_tokens": args.text_tokens, "supervised_tokens_per_sample": supervised,
+        "model_flops_per_sample": round(flops["total"]),
+        "flops_breakdown": {k: round(v / flops["total"], 4) for k, v in flops.items() if k != "total"},
+        "runs": runs,
+    }
+    fp32 = next((r for r in runs if r["precision"] == "fp32"), None)
+    for r in runs:
+        if fp32 is not None:
+            r["speedup_vs_fp32"] = round(r["samples_per_s"] / fp32["samples_per_s"], 3)
+    if len(runs) == 1:  # one run: its figures at the top level, as before
+        report.update(runs.pop())
+        del report["runs"]
+    recipe = _recipe(args, args.precision[0], "unused")
+    report["counted_flops_per_sample"] = round(counted_flops(recipe, batch))
+    if args.profile:
+        _profile(recipe, batch)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def _recipe(args, precision: str, output_dir: str) -> dict:
+    recipe = {
+        "model": {"preset": args.preset},
+        "stage": args.stage,
+        "data": {"sources": [{"type": "random", "num_samples": 4096, "text_tokens": args.text_tokens,
+                              "fixed_length": True, "images_per_sample": 1}], "max_length": 4096},
+        "optim": {"lr": 1e-5, "warmup_steps": 1, "weight_decay": 0.05},
+        "train": {"steps": args.warmup + args.steps, "micro_batch_size": args.batch, "grad_accum": 1,
+                  "threads": args.threads, "precision": precision, "device": "cpu"},
+        "checkpoint": {"every": 0, "keep": 1},
+        "log": {"progress": False, "every": 10**6},
+        "output_dir": output_dir,
+    }
+    if args.stage == "owl1_stage2":
+        recipe["lora"] = {"r": 8}
+    return recipe
+
+
+def run_precision(args, precision: str, flops: dict) -> dict:
+    """One training run in ``precision``: samples/s (median step) and MFU against the matmul rate
+    of that precision, measured before and after the run (the better of the two)."""
+    import contextlib
+    import io
+
+    from owlkit.training import train
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    rate = matmul_rate(dtype=dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = train(_recipe(args, precision, os.path.join(tmp, "run")))
+    rate = max(rate, matmul_rate(dtype=dtype))
+    rows = result.history[args.warmup:]
+    step_s = statistics.median(args.batch / r["samples_per_s"] for r in rows)
+    sps = args.batch / step_s
+    return {
+        "precision": precision,
         "samples_per_s": round(sps, 3), "step_s": round(step_s, 4),
         "step_s_each": [round(args.batch / r["samples_per_s"], 3) for r in rows],
-        "model_flops_per_sample": round(flops["total"]),
-        "counted_flops_per_sample": round(counted),
-        "flops_breakdown": {k: round(v / flops["total"], 4) for k, v in flops.items() if k != "total"},
         "achieved_flops": round(sps * flops["total"]),
-        "matmul_flops": round(matmul),
-        "mfu": round(sps * flops["total"] / matmul, 4),
+        "matmul_flops": round(rate),
+        "mfu": round(sps * flops["total"] / rate, 4),
         "losses": [round(r["loss"], 4) for r in result.history],
     }
-    print(json.dumps(report, indent=2))
 
 
 def _profile(recipe: dict, batch: dict) -> None:
