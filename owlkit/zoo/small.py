@@ -70,6 +70,7 @@ from owlkit.zoo.small_model import (
 from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
 from owlkit.zoo.tiny import BUILD_LAYOUT, ensure_world
 from owlkit.zoo.world.files import load_scenes
+from owlkit.zoo.world.tasks import REFERENCES
 from owlkit.zoo.world.language import caption, described_turns, refer, where_phrase
 
 
@@ -220,11 +221,11 @@ def _recaptioned(world: Path, name: str, describe, seed: int) -> Path:
 
 
 #: What a statement about one object says, and the attribute sets that may name the object
-#: (as the world's colour, shape and position questions name them: ``refer``).
+#: (those the world's colour, shape and position questions name it by).
 STATEMENTS = (
-    ("The {ref} is {value}.", "colour", (("shape",), ("size", "shape"), ("cell",))),
-    ("The {ref} is a {value}.", "shape", (("colour",), ("size", "colour"), ("cell",))),
-    ("The {ref} is {value}.", "where", (("shape",), ("colour", "shape"), ("size", "colour", "shape"))),
+    ("The {ref} is {value}.", "colour", REFERENCES["colour"]),
+    ("The {ref} is a {value}.", "shape", REFERENCES["shape"]),
+    ("The {ref} is {value}.", "where", REFERENCES["position"]),
 )
 
 

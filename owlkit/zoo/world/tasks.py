@@ -39,12 +39,21 @@ def _ask_attribute(rng: random.Random, scene: Scene, question: str, attr: str,
     return None
 
 
+#: How a question may name the object whose colour, shape or position it asks (the first sets
+#: that pick it out alone are used: ``refer``); owl-small's stage-1 statements name objects alike.
+REFERENCES: dict[str, list[tuple[str, ...]]] = {
+    "colour": [("shape",), ("size", "shape"), ("cell",)],
+    "shape": [("colour",), ("size", "colour"), ("cell",)],
+    "position": [("shape",), ("colour", "shape"), ("size", "colour", "shape")],
+}
+
+
 def _gen_colour(rng: random.Random, scene: Scene) -> QA | None:
-    return _ask_attribute(rng, scene, "What colour is the {ref}?", "colour", [("shape",), ("size", "shape"), ("cell",)])
+    return _ask_attribute(rng, scene, "What colour is the {ref}?", "colour", REFERENCES["colour"])
 
 
 def _gen_shape(rng: random.Random, scene: Scene) -> QA | None:
-    return _ask_attribute(rng, scene, "What shape is the {ref}?", "shape", [("colour",), ("size", "colour"), ("cell",)])
+    return _ask_attribute(rng, scene, "What shape is the {ref}?", "shape", REFERENCES["shape"])
 
 
 def _gen_count(rng: random.Random, scene: Scene) -> QA:
@@ -60,8 +69,7 @@ def _gen_count(rng: random.Random, scene: Scene) -> QA:
 
 
 def _gen_position(rng: random.Random, scene: Scene) -> QA | None:
-    return _ask_attribute(rng, scene, "Where is the {ref}?", "position",
-                          [("shape",), ("colour", "shape"), ("size", "colour", "shape")])
+    return _ask_attribute(rng, scene, "Where is the {ref}?", "position", REFERENCES["position"])
 
 
 def holds(relation: str, a: Obj, b: Obj) -> bool:
