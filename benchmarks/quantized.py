@@ -36,7 +36,12 @@ sys.path.insert(0, str(HERE))
 
 
 def build(preset: str, dtype: torch.dtype, quantize: str | None, group_size: int = 128, seed: int = 0):
-    """A random model of ``preset`` made tensor by tensor (meta first), quantized layer by layer."""
+    """A random model of ``preset`` made tensor by tensor (meta first), quantized layer by layer.
+
+    Random values are drawn in ``dtype`` (bfloat16 for the matrices that are quantized) and scaled
+    in place: a float32 draw and its scaled copy of the 7B shapes' LM head or embedding (32,000 x
+    4,096) would hold 1 GB for a moment and set the peak RSS above what loading a folder needs.
+    """
     from owlkit import quantization as Q
     from owlkit.config import OwlConfig
     from owlkit.models.owl import OwlForCausalLM
@@ -49,12 +54,14 @@ def build(preset: str, dtype: torch.dtype, quantize: str | None, group_size: int
         Q.replace_linears(model, Q.parse_quantize(quantize), group_size)
     for module in model.modules():
         if isinstance(module, Q.QuantizedLinear):
-            module.set_weight(torch.randn(module.out_features, module.in_features) * 0.02, "cpu", prepare=True)
+            weight = torch.randn(module.out_features, module.in_features, dtype=torch.bfloat16).mul_(0.02)
+            module.set_weight(weight, "cpu", prepare=True)
+            del weight
             continue
         for name, p in list(module._parameters.items()):
             if p is not None and p.device.type == "meta":
                 value = torch.ones(p.shape, dtype=dtype) if "norm" in name or p.dim() == 1 and "bias" not in name \
-                    else (torch.randn(p.shape) * 0.02).to(dtype)
+                    else torch.randn(p.shape, dtype=dtype).mul_(0.02)
                 module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 

@@ -40,6 +40,20 @@ def test_quantized_weights_and_layers_agree_with_their_dequantized_weight():
         assert Q.compute_path(bits) in ("kernel-bf16", "kernel-fp32", "dequantize")
 
 
+def test_quantizing_in_row_chunks_gives_the_whole_matrix_result(monkeypatch):
+    """Large matrices are quantized a few million weights at a time (bounded temporaries); the
+    rows are independent, so the chunks must give exactly the one-piece result, bfloat16 in too."""
+    torch.manual_seed(0)
+    w = (torch.randn(96, 256) * 0.05).to(torch.bfloat16)
+    whole = {8: Q.quantize_int8(w), 4: Q.quantize_int4(w, 32)}
+    monkeypatch.setattr(Q, "CHUNK_ELEMENTS", 256 * 7)  # 7 rows a chunk: the last one shorter
+    for bits, expected in whole.items():
+        chunked = Q.quantize_rows(w, bits, 32)
+        assert len(chunked) == len(expected)
+        for got, want in zip(chunked, expected):
+            assert got.shape == want.shape and torch.equal(got, want)
+
+
 def test_layers_int4_cannot_hold_go_int8_and_are_reported(tmp_path, capsys):
     """A width int4's groups do not divide: that layer is int8 (not float), and the folder's
     config lists it; the LM head is int8 in int4 mode; a folder written when such layers stayed
