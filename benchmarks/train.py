@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
     }
     fp32 = next((r for r in runs if r["precision"] == "fp32"), None)
-    for r in runs:
-        if fp32 is not None:
+    if fp32 is not None:
+        for r in runs:
             r["speedup_vs_fp32"] = round(r["samples_per_s"] / fp32["samples_per_s"], 3)
     if len(runs) == 1:  # one run: its figures at the top level, as before
         report.update(runs.pop())

@@ -70,8 +70,8 @@ from owlkit.zoo.small_model import (
 from owlkit.zoo.synth_eval import evaluate_synth, markdown, with_short_answer_prompt
 from owlkit.zoo.tiny import BUILD_LAYOUT, ensure_world
 from owlkit.zoo.world.files import load_scenes
-from owlkit.zoo.world.tasks import REFERENCES
 from owlkit.zoo.world.language import caption, described_turns, refer, where_phrase
+from owlkit.zoo.world.tasks import REFERENCES
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ def _unique(o: Obj, objects: Sequence[Obj], attrs: Sequence[str]) -> bool:
 def refer(
     rng: random.Random, o: Obj, objects: Sequence[Obj], options: Sequence[Sequence[str]]
 ) -> str | None:
-    """A noun phrase picking out ``o`` alone, from the first attribute sets that are unique."""
+    """A noun phrase picking out ``o`` alone: one of the attribute sets of ``options`` that no other
+    object shares, chosen at random; None when there is none."""
     good = [attrs for attrs in options if _unique(o, objects, attrs)]
     return _phrase(o, rng.choice(good)) if good else None

@@ -39,12 +39,13 @@ def _ask_attribute(rng: random.Random, scene: Scene, question: str, attr: str,
     return None
 
 
-#: How a question may name the object whose colour, shape or position it asks (the first sets
-#: that pick it out alone are used: ``refer``); owl-small's stage-1 statements name objects alike.
-REFERENCES: dict[str, list[tuple[str, ...]]] = {
-    "colour": [("shape",), ("size", "shape"), ("cell",)],
-    "shape": [("colour",), ("size", "colour"), ("cell",)],
-    "position": [("shape",), ("colour", "shape"), ("size", "colour", "shape")],
+#: How a question may name the object whose colour, shape or position it asks: by one of these
+#: attribute sets, chosen at random among those that pick it out alone (``refer``); owl-small's
+#: stage-1 statements name objects alike.
+REFERENCES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "colour": (("shape",), ("size", "shape"), ("cell",)),
+    "shape": (("colour",), ("size", "colour"), ("cell",)),
+    "position": (("shape",), ("colour", "shape"), ("size", "colour", "shape")),
 }
 
 
