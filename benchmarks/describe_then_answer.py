@@ -39,6 +39,14 @@ _WORD = re.compile(r"the word (\S+?)\.? is written")
 ONE_IMAGE_TASKS = ("colour", "shape", "count", "position", "relation", "read")
 
 
+def held_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--seed``, ``--n-per-task`` and ``--tasks``: which of the held-out world's one-image questions."""
+    parser.add_argument("--seed", type=int, default=2000, help="the held-out world")
+    parser.add_argument("--n-per-task", type=int, default=100)
+    parser.add_argument("--tasks", nargs="+", choices=ONE_IMAGE_TASKS,
+                        default=["colour", "shape", "count", "position", "relation"])
+
+
 def scene_from_caption(text: str) -> Scene:
     """The scene a caption names: each object phrase once per grid cell (the first wins), the word."""
     objects, cells = [], set()
@@ -60,14 +68,10 @@ def own_caption_conversation(sample, caption_text: str, prompt: str | None) -> l
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="owl-small")
-    parser.add_argument("--seed", type=int, default=2000)
-    parser.add_argument("--n-per-task", type=int, default=100)
-    parser.add_argument("--tasks", nargs="+", default=["colour", "shape", "count", "position", "relation"])
+    held_out_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    if not set(args.tasks) <= set(ONE_IMAGE_TASKS):
-        parser.error(f"--tasks: one-image tasks only ({', '.join(ONE_IMAGE_TASKS)})")
     owl = Owl.load(args.model, dtype="float32")
     size = owl.model.config.vision_config.image_size
     samples = make_eval_set(args.seed, args.n_per_task, image_size=size, tasks=args.tasks)
