@@ -16,11 +16,20 @@ answered by the world's own answerer (as ``benchmarks/describe_then_answer.py`` 
 generated caption): what an LLM that reads the tokens as that caption could answer at best.
 Training cost: no LLM forward, a few minutes on 2 cores.
 
+With ``--tune-steps N`` the model then reads those tokens (each query's softmax over the
+scored rows, mixing the rows: continuous, as a projector would give them) in place of its
+abstractor's, its LLM is tuned in full for N steps on the training world's questions of the
+same tasks, and its *direct* answers are scored as `owl eval synth` scores them. For the base
+LLM give ``--model runs/owl-small/init`` (owl-small's build writes it: SmolLM2, the visual
+branches copies of the text ones).
+
     python benchmarks/word_tokens.py [--model owl-small] [--world runs/owl-small/world]
-        [--steps 4000] [--queries 64] [--seed 2000] [--n-per-task 100] [--output words.json]
+        [--steps 4000] [--queries 64] [--seed 2000] [--n-per-task 100]
+        [--tune-steps 0] [--tune-lr 5e-5] [--tune-batch-size 8] [--output words.json]
 
 Prints (and writes) JSON: held-out token accuracy and exact-caption rate during training, the
-tasks' accuracies through the one-pass caption, and a few captions.
+tasks' accuracies through the one-pass caption, a few captions and, when tuned, the direct
+answers' accuracies.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import time
 from pathlib import Path
@@ -40,9 +50,11 @@ from describe_then_answer import held_out_arguments, scene_from_caption  # noqa:
 from machine import arguments, emit  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
-from owlkit.config import OwlAbstractorConfig  # noqa: E402
+from owlkit.config import IMAGE_PLACEHOLDER, OwlAbstractorConfig  # noqa: E402
 from owlkit.models.abstractor import VisualAbstractor  # noqa: E402
 from owlkit.processing.images import load_image  # noqa: E402
+from owlkit.training.setup import cpu_has_native_bf16  # noqa: E402
+from owlkit.zoo.synth_eval import conversation, with_short_answer_prompt  # noqa: E402
 from owlkit.zoo.tiny import ensure_world  # noqa: E402
 from owlkit.zoo.world import answer_question, caption, exact_match, make_eval_set  # noqa: E402
 
@@ -91,6 +103,62 @@ def encode(owl, images: list) -> torch.Tensor:
     return torch.cat(out)
 
 
+def tune_and_answer(owl, scores, rows_e: torch.Tensor, args, samples) -> dict:
+    """The model reads the word tokens (each query's softmax over the scored rows, mixing them)
+    in place of its abstractor's, and its LLM is tuned in full on the training world's questions
+    of ``args.tasks`` (short-answer prompt as built); then its direct answers to ``samples``.
+    Give ``--model`` a folder whose LLM is the base (owl-small's build writes it as
+    ``runs/owl-small/init``: SmolLM2, the visual branches copies of the text ones)."""
+    model = owl.model
+
+    def word_tokens(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(scores(model.vision(pixels.float())), -1) @ rows_e
+
+    model._encode_images = word_tokens
+    model.config.abstractor_config.num_queries = args.queries - 1  # tokens_per_image counts a vit_eos
+    owl.processor.tokens_per_image = args.queries
+    prompt = model.config.short_answer_prompt
+    records = [r for r in json.loads((args.world / "instruct.json").read_text()) if r.get("task") in args.tasks]
+    random.Random(0).shuffle(records)
+    if len(records) < args.tune_steps * args.tune_batch_size:
+        raise SystemExit(f"the world holds {len(records)} such questions; fewer --tune-steps or a larger world")
+
+    def messages(record: dict) -> list[dict]:
+        question, reply = with_short_answer_prompt(record["conversations"], prompt, record["task"])
+        text = question["value"].replace(IMAGE_PLACEHOLDER, "").strip()
+        return [{"role": "user", "content": [{"type": "image", "image": str(args.world / record["image"])},
+                                             {"type": "text", "text": text}]},
+                {"role": "assistant", "content": reply["value"]}]
+
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.language_model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=args.tune_lr, weight_decay=0.0)
+    model.train()
+    start, losses, n = time.perf_counter(), [], args.tune_batch_size
+    for step in range(args.tune_steps):
+        batch = owl.processor([messages(r) for r in records[step * n:(step + 1) * n]], return_labels=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16()):
+            loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    with torch.no_grad():
+        replies = owl.generate_batch([conversation(s, False, prompt) for s in samples], batch_size=32,
+                                     max_new_tokens=12)
+    per_task: dict[str, list[bool]] = {}
+    for sample, reply in zip(samples, replies):
+        per_task.setdefault(sample.task, []).append(exact_match(reply, sample.answer))
+    return {"seconds": round(time.perf_counter() - start, 1), "questions_seen": args.tune_steps * n,
+            "loss_first_last_10": [round(sum(losses[:10]) / len(losses[:10]), 4), round(sum(losses[-10:]) / len(losses[-10:]), 4)],
+            "tasks": {t: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)} for t, v in per_task.items()}}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="owl-small", help="its frozen encoder, word embeddings and tokenizer")
@@ -104,9 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=1e-3)
     held_out_arguments(parser)
     parser.add_argument("--report-every", type=int, default=500)
+    parser.add_argument("--tune-steps", type=int, default=0,
+                        help="then tune the model's LLM in full this many steps on the training world's questions "
+                             "of --tasks, reading the word tokens, and score its direct answers")
+    parser.add_argument("--tune-batch-size", type=int, default=8)
+    parser.add_argument("--tune-lr", type=float, default=5e-5)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
-    owl = Owl.load(args.model, dtype="float32")
+    owl = Owl.load(args.model, dtype="float32", decoding_layout="row-major")  # row-major: --tune-steps trains it
     model, tokenizer = owl.model, owl.processor.tokenizer
     size = model.config.vision_config.image_size
     ensure_world(args.world, WORLD_SEED, args.images, WORLD_INSTRUCTIONS)
@@ -162,8 +235,9 @@ def main(argv: list[str] | None = None) -> dict:
     for sample, text in zip(samples, texts):
         got = answer_question(sample.question, [scene_from_caption(text)])
         per_task.setdefault(sample.task, []).append(got is not None and exact_match(got, sample.answer))
+    direct = tune_and_answer(owl, scores, rows_e, args, samples) if args.tune_steps else None
     result = {"settings": arguments(args), "training_pictures": len(rows), "scored_vocabulary": len(vocab),
-              "curve": curve,
+              "curve": curve, "tuned_direct_answers": direct,
               "through_one_pass_caption": {t: {"accuracy": round(sum(v) / len(v), 4), "n": len(v)}
                                            for t, v in per_task.items()},
               "captions": [{"true": caption(s.scenes[0]), "one_pass": t} for s, t in zip(samples[:3], texts[:3])]}

@@ -45,12 +45,16 @@ def test_benchmark_learns_and_reports(bench, tmp_path):
     out = tmp_path / "w.json"
     result = bench.main(["--model", "owl-tiny", "--world", str(tmp_path / "world"), "--images", "40",
                          "--steps", "30", "--report-every", "15", "--n-per-task", "2",
-                         "--tasks", "colour", "count", "--output", str(out)])
+                         "--tasks", "colour", "count", "--tune-steps", "2", "--tune-batch-size", "2",
+                         "--output", str(out)])
     assert out.exists() and result["training_pictures"] == 40
     assert [c["step"] for c in result["curve"]] == [15, 30]
     # far under a uniform guess over the scored words (ln V): the words are being learned
     assert result["curve"][-1]["loss"] < 0.5 * math.log(result["scored_vocabulary"])
     assert set(result["through_one_pass_caption"]) == {"colour", "count"}
     assert all(r["n"] == 2 and 0 <= r["accuracy"] <= 1 for r in result["through_one_pass_caption"].values())
+    tuned = result["tuned_direct_answers"]
+    assert tuned["questions_seen"] == 4 and set(tuned["tasks"]) == {"colour", "count"}
+    assert all(r["n"] == 2 and 0 <= r["accuracy"] <= 1 for r in tuned["tasks"].values())
     with pytest.raises(SystemExit):
         bench.main(["--tasks", "compare"])
