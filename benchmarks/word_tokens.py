@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     for sample, text in zip(samples, texts):
         got = answer_question(sample.question, [scene_from_caption(text)])
         per_task.setdefault(sample.task, []).append(got is not None and exact_match(got, sample.answer))
+    abstractor.eval().requires_grad_(False)  # trained: from here on it only writes the word tokens
     direct = tune_and_answer(owl, scores, rows_e, args, samples) if args.tune_steps else None
     result = {"settings": arguments(args), "training_pictures": len(rows), "scored_vocabulary": len(vocab),
               "curve": curve, "tuned_direct_answers": direct,
