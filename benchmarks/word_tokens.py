@@ -35,6 +35,7 @@ answers' accuracies.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -44,13 +45,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from describe_then_answer import held_out_arguments, scene_from_caption  # noqa: E402
 from machine import arguments, emit  # noqa: E402
 
 from owlkit import Owl  # noqa: E402
-from owlkit.config import IMAGE_PLACEHOLDER, OwlAbstractorConfig  # noqa: E402
+from owlkit.config import IMAGE_PLACEHOLDER  # noqa: E402
 from owlkit.models.abstractor import VisualAbstractor  # noqa: E402
 from owlkit.processing.images import load_image  # noqa: E402
 from owlkit.training.setup import cpu_has_native_bf16  # noqa: E402
@@ -86,11 +88,10 @@ def words(tokenizer, positions: list[int], vocab: list[int]) -> str:
 
 def new_abstractor(model, queries: int, layers: int, seed: int) -> VisualAbstractor:
     """The model's abstractor shape with ``queries`` queries and ``layers`` layers, freshly drawn."""
-    settings = model.config.abstractor_config.to_dict()
-    settings.update(num_queries=queries, num_hidden_layers=layers, projector="abstractor")
+    config = copy.deepcopy(model.config.abstractor_config)
+    config.num_queries, config.num_hidden_layers, config.projector = queries, layers, "abstractor"
     torch.manual_seed(seed)
-    return VisualAbstractor(OwlAbstractorConfig(**{k: v for k, v in settings.items()
-                                                   if k not in ("model_type", "transformers_version")}))
+    return VisualAbstractor(config)
 
 
 def encode(owl, images: list) -> torch.Tensor:
@@ -103,6 +104,19 @@ def encode(owl, images: list) -> torch.Tensor:
     return torch.cat(out)
 
 
+class WordTokens(nn.Module):
+    """Stands where the model's abstractor stands: each query's softmax over the scored rows,
+    mixing those rows (continuous tokens, as a projector of this kind would give them)."""
+
+    def __init__(self, scores, rows: torch.Tensor):
+        super().__init__()
+        self.scores, self.rows = scores, rows
+
+    def forward(self, image_tokens: torch.Tensor, grid_hw=None) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(self.scores(image_tokens.float()), -1) @ self.rows
+
+
 def tune_and_answer(owl, scores, rows_e: torch.Tensor, args, samples) -> dict:
     """The model reads the word tokens (each query's softmax over the scored rows, mixing them)
     in place of its abstractor's, and its LLM is tuned in full on the training world's questions
@@ -110,13 +124,10 @@ def tune_and_answer(owl, scores, rows_e: torch.Tensor, args, samples) -> dict:
     Give ``--model`` a folder whose LLM is the base (owl-small's build writes it as
     ``runs/owl-small/init``: SmolLM2, the visual branches copies of the text ones)."""
     model = owl.model
-
-    def word_tokens(pixels: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.softmax(scores(model.vision(pixels.float())), -1) @ rows_e
-
-    model._encode_images = word_tokens
-    model.config.abstractor_config.num_queries = args.queries - 1  # tokens_per_image counts a vit_eos
+    model.abstractor = WordTokens(scores, rows_e)
+    # the placeholders expand to config.tokens_per_image positions, which counts a vit_eos the
+    # word tokens do not have
+    model.config.abstractor_config.num_queries = args.queries - 1
     owl.processor.tokens_per_image = args.queries
     prompt = model.config.short_answer_prompt
     records = [r for r in json.loads((args.world / "instruct.json").read_text()) if r.get("task") in args.tasks]
