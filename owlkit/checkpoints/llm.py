@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from unittest import mock
 
 import torch
@@ -49,6 +49,8 @@ class LanguageModel:
     config: dict
     state: dict[str, torch.Tensor]
     save_tokenizer: Callable[[Path], None]
+    #: The LLM's tokenizer (a transformers tokenizer), read when first asked for.
+    tokenizer: Callable[[], Any] = lambda: None
 
     @property
     def chat_template(self) -> str | None:
@@ -99,7 +101,7 @@ def _read_hf_folder(folder: Path, dtype: torch.dtype) -> LanguageModel:
             if (folder / name).exists():
                 shutil.copyfile(folder / name, Path(dst) / name)
 
-    return LanguageModel(folder, config, state, save_tokenizer)
+    return LanguageModel(folder, config, state, save_tokenizer, lambda: AutoTokenizer.from_pretrained(folder))
 
 
 def _check_gguf_header(path: Path) -> None:
@@ -144,4 +146,4 @@ def _read_gguf(path: Path, dtype: torch.dtype) -> LanguageModel:
     def save_tokenizer(dst: Path) -> None:
         tokenizer.save_pretrained(dst)
 
-    return LanguageModel(path, config, state, save_tokenizer)
+    return LanguageModel(path, config, state, save_tokenizer, lambda: tokenizer)

@@ -47,7 +47,13 @@ def run(args) -> int:
     print(f"format: {FORMATS[kind]}  (mPLUG-Owl{'2' if cfg.owl_version == 2 else ''} architecture)")
     v, a, t = cfg.vision_config, cfg.abstractor_config, cfg.text_config
     print(f"vision: {v.num_hidden_layers} layers x {v.hidden_size}, {v.image_size}px / patch {v.patch_size}")
-    print(f"abstractor: {a.num_hidden_layers} layers x {a.hidden_size}, {a.num_queries} queries, positions {a.pos_embed}")
+    if a.projector == "linear":
+        print(f"projector: linear, one position per patch ({cfg.tokens_per_image} an image)")
+    else:
+        words = "" if a.projector != "words" else (
+            f", read as words ({len(a.word_ids) if a.word_ids is not None else 'all'} of the vocabulary), no vit_eos")
+        print(f"abstractor: {a.num_hidden_layers} layers x {a.hidden_size}, {a.num_queries} queries, "
+              f"positions {a.pos_embed}{words}")
     print(f"decoder: {t.num_hidden_layers} layers x {t.hidden_size}, heads {t.num_attention_heads}/{t.num_key_value_heads} (q/kv), "
           f"vocab {t.vocab_size}, modality-adaptive {cfg.modality_adaptive}")
     for name, n in counts.items():

@@ -30,8 +30,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--group-questions", type=int, default=None, metavar="N",
                         help="build: stage 2 asks up to N of a picture's questions in one conversation "
                              "(default: the shipped build's)")
-    parser.add_argument("--projector", choices=["abstractor", "linear"], default=None,
-                        help="build: owl-tiny's abstractor or a linear layer on every patch (default: the shipped build's)")
+    parser.add_argument("--projector", choices=["words", "abstractor", "linear"], default=None,
+                        help="build: word tokens (a new projector writing each picture's caption in the LLM's words), "
+                             "owl-tiny's abstractor, or a linear layer on every patch (default: the shipped build's, words)")
     parser.add_argument("--described-weight", type=float, default=None, metavar="W",
                         help="build: stage 2 also learns the world's questions about written scenes (the picture "
                              "replaced by its caption), that source at weight W (default: the shipped build's)")

@@ -26,7 +26,7 @@ from owlkit.errors import ConfigError
 
 
 #: What turns the encoder's tokens into decoder positions (``abstractor_config.projector``).
-PROJECTORS = ("abstractor", "linear")
+PROJECTORS = ("abstractor", "linear", "words")
 
 
 class OwlVisionConfig(PreTrainedConfig):
@@ -84,8 +84,13 @@ class OwlAbstractorConfig(PreTrainedConfig):
     text_hidden_size: int = 4096
     #: "abstractor" (both papers: ``num_queries`` learnable queries + ``vit_eos``) or "linear"
     #: (LLaVA's choice, owlkit's own for comparisons: every patch token through one linear
-    #: layer, no CLS row, no queries; no official format holds it).
+    #: layer, no CLS row, no queries; no official format holds it), or "words" (owlkit's own:
+    #: the queries' outputs are read as words of the LLM, each query a softmax over the LLM's
+    #: embedding rows ``word_ids`` mixing those rows; no ``vit_eos``; models/abstractor.py).
     projector: str = "abstractor"
+    #: "words" projector: the rows of the LLM's embedding the word tokens are made of (token
+    #: ids); None: the whole vocabulary.
+    word_ids: list[int] | None = None
 
 
 class OwlConfig(PreTrainedConfig):
@@ -144,15 +149,24 @@ class OwlConfig(PreTrainedConfig):
         if self.abstractor_config.projector not in PROJECTORS:
             raise ConfigError(f"abstractor_config.projector {self.abstractor_config.projector!r} is not one of "
                               f"{', '.join(PROJECTORS)}")
+        words = self.abstractor_config.word_ids
+        if words is not None:
+            vocab = self.text_config.vocab_size
+            if not words or any(not isinstance(w, int) or not 0 <= w < vocab for w in words):
+                raise ConfigError(f"abstractor_config.word_ids must be token ids below the vocabulary size {vocab} "
+                                  "(or null: the whole vocabulary)")
         super().__post_init__(**kwargs)
 
     @property
     def tokens_per_image(self) -> int:
         """Decoder positions per image: the abstractor's queries plus the learned ``vit_eos``;
-        with a linear projector, one per patch of the configured image size."""
+        with a linear projector, one per patch of the configured image size; with word tokens,
+        one per query."""
         a = self.abstractor_config
         if a.projector == "linear":
             return a.grid_size**2
+        if a.projector == "words":
+            return a.num_queries
         return a.num_queries + 1
 
     @property

@@ -31,7 +31,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm
 from owlkit.config import IGNORE_INDEX, OwlConfig
 from owlkit.errors import InputError, OwlError
 from owlkit.models import cpu_decoding
-from owlkit.models.abstractor import VisualAbstractor, visual_projector
+from owlkit.models.abstractor import VisualAbstractor, WordProjector, visual_projector
 from owlkit.models.decoder import OwlDecoder
 from owlkit.models.feature_cache import FeatureCache
 from owlkit.models.splice import Expanded, expand_placeholders
@@ -97,9 +97,12 @@ class OwlPreTrainedModel(PreTrainedModel):
         elif type(module).__name__ == "VisionEmbeddings":
             module.cls_token.normal_(0.0, std)
             module.position_embedding.normal_(0.0, std)
+        elif isinstance(module, WordProjector):  # visited after its layers: its own init wins
+            module.reset_parameters()
         elif isinstance(module, VisualAbstractor):
             module.query_embeds.normal_(0.0, std)
-            module.vit_eos.normal_(0.0, std)
+            if getattr(module, "vit_eos", None) is not None:  # word tokens have none
+                module.vit_eos.normal_(0.0, std)
 
 
 class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
@@ -190,9 +193,16 @@ class OwlForCausalLM(OwlPreTrainedModel, GenerationMixin):
         p = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // p, pixel_values.shape[-1] // p)
         chunk = max(1, INFERENCE_VISION_TOKENS // (grid[0] * grid[1]))
+        extra = {"rows": self.word_rows()} if self.config.abstractor_config.projector == "words" else {}
         if torch.is_grad_enabled() or pixel_values.shape[0] <= chunk:
-            return self.abstractor(self.vision(pixel_values), grid_hw=grid)
-        return torch.cat([self.abstractor(self.vision(part), grid_hw=grid) for part in pixel_values.split(chunk)])
+            return self.abstractor(self.vision(pixel_values), grid_hw=grid, **extra)
+        return torch.cat([self.abstractor(self.vision(part), grid_hw=grid, **extra) for part in pixel_values.split(chunk)])
+
+    def word_rows(self) -> torch.Tensor:
+        """The LLM's input-embedding rows a ``words`` projector mixes ([W, D]; all rows without ``word_ids``)."""
+        weight = self.language_model.embed_tokens.weight
+        ids = self.abstractor.word_ids
+        return weight if ids is None else weight.index_select(0, torch.tensor(ids, device=weight.device))
 
     def embed_multimodal(
         self,

@@ -134,7 +134,7 @@ class Trainer:
                 say(info, f"warning: the checkpoint was written with a global batch of {state['global_batch']}, "
                           f"this run uses {self.global_batch}; the data order differs from an uninterrupted run")
         self.inner.to(info.device)
-        self.loss_module = LossModule(self.inner)
+        self.loss_module = LossModule(self.inner, r["objective"])
         wrapped = D.wrap(self.loss_module, self.mode, info)
         self.optim = setup_optimizer(r, self.loss_module, self.config, self.total, info)
         if state is not None:
@@ -146,6 +146,7 @@ class Trainer:
             scheduler=self.optim.scheduler, trainable=self.optim.trainable, peak_group=self.optim.peak_group,
             grad_clip=float(r["optim"]["grad_clip"] or 0.0), amp=amp,
             param_dtype=getattr(torch, r["model"]["dtype"]), global_batch=self.global_batch,
+            objective=r["objective"],
         )
         self.loader = self.data.loader(r, info, self.config, self.start_step)
         self.logger = MetricsLogger(self.out, info.is_main, bool(r["log"]["tensorboard"]), self.start_step)

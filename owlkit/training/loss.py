@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from owlkit.config import IGNORE_INDEX
-from owlkit.errors import ConfigError
+from owlkit.errors import ConfigError, InputError
 from owlkit.models.splice import Expanded, expand_placeholders
 
 
@@ -42,9 +42,13 @@ class LossModule(nn.Module):
     choices (owl-small's language check: docs/owl-small.md).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, objective: str = "next_token"):
         super().__init__()
         self.model = model  # OwlForCausalLM or a peft model around it
+        self.objective = objective
+        if objective == "words" and self.owl.config.abstractor_config.projector != "words":
+            raise ConfigError(f"objective 'words' trains a 'words' projector; this model's is "
+                              f"{self.owl.config.abstractor_config.projector!r}")
 
     @property
     def owl(self):
@@ -68,6 +72,8 @@ class LossModule(nn.Module):
         else:
             num_images = int(image_mask.sum()) // owl.config.tokens_per_image
             ex = Expanded(input_ids, image_mask, attention_mask, labels, num_images)
+        if self.objective == "words":
+            return self._word_loss(ex, pixel_values)
         logits, selected = self._supervised_logits(ex, pixel_values)
         targets = ex.labels[:, 1:][selected]
         if distill is None or not bool(distill.any()):
@@ -79,6 +85,25 @@ class LossModule(nn.Module):
         log_p = F.log_softmax(logits[soft].float(), dim=-1)
         log_q = F.log_softmax(base.float(), dim=-1)
         return loss + F.kl_div(log_p, log_q, log_target=True, reduction="sum")
+
+    def _word_loss(self, ex: Expanded, pixel_values) -> torch.Tensor:
+        """Summed cross-entropy of every word token against its caption token (``objective: words``).
+
+        Each sample is one picture and its caption (the supervised tokens of its reply, e.g. a
+        ``captions`` source): query i of the picture's word tokens is scored against the caption's
+        i-th token over the projector's words, the positions after the caption against the LLM's
+        end-of-sequence token, so all ``num_queries`` positions have a target
+        (:func:`word_targets`). The decoder does not run.
+        """
+        owl = self.owl
+        targets, scored = word_targets(ex, owl.config)
+        if targets.shape[0] == 0:
+            return torch.zeros((), device=ex.input_ids.device)
+        pixels = pixel_values[scored.to(pixel_values.device)]
+        p = owl.config.vision_config.patch_size
+        grid = (pixels.shape[-2] // p, pixels.shape[-1] // p)
+        scores = owl.abstractor.scores(owl.vision(pixels), owl.word_rows(), grid)
+        return F.cross_entropy(scores.flatten(0, 1).float(), targets.to(scores.device).flatten(), reduction="sum")
 
     @torch.no_grad()
     def _base_logits(self, ex: Expanded, pixel_values, rows: torch.Tensor) -> torch.Tensor:
@@ -93,6 +118,48 @@ class LossModule(nn.Module):
         sub = Expanded(ex.input_ids[rows], ex.image_mask[rows], ex.attention_mask[rows], ex.labels[rows], n_images)
         with self.model.disable_adapter():
             return self._supervised_logits(sub, pixel_values)[0]
+
+
+def scored_rows(ex: Expanded, config) -> torch.Tensor:
+    """[B] bool: the rows the ``words`` objective scores (one picture and a supervised caption;
+    the dummy image row of a text-only micro-batch has no caption)."""
+    per_row = ex.image_mask.sum(-1) // config.tokens_per_image
+    if bool((per_row > 1).any()):
+        raise InputError("the 'words' objective learns one picture and its caption per sample; a sample has "
+                         f"{int(per_row.max())} images (use a captions source)")
+    return (per_row == 1) & (ex.labels != IGNORE_INDEX).any(-1)
+
+
+def word_targets(ex: Expanded, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """([scored rows, num_queries] targets, [images] bool: which images are scored).
+
+    The targets are positions in ``abstractor_config.word_ids`` of each picture's caption (its
+    row's supervised tokens, in order, up to the first end-of-sequence token), padded with the end-of-sequence token: what the ``words``
+    objective scores each query against (rows: :func:`scored_rows`). A caption longer than the
+    queries or a token outside the words is an error that names the fix."""
+    a, text = config.abstractor_config, config.text_config
+    rows = scored_rows(ex, config)
+    queries = a.num_queries
+    eos = text.eos_token_id[0] if isinstance(text.eos_token_id, (list, tuple)) else text.eos_token_id
+    vocab = a.word_ids if a.word_ids is not None else range(text.vocab_size)
+    position = {int(w): i for i, w in enumerate(vocab)}
+    if eos not in position:
+        raise ConfigError(f"the end-of-sequence token {eos} is not among abstractor_config.word_ids; add it")
+    out = torch.full((int(rows.sum()), queries), position[eos], dtype=torch.long)
+    for n, labels in enumerate(ex.labels[rows].tolist()):
+        caption = [t for t in labels if t != IGNORE_INDEX]
+        if eos in caption:  # what a template supervises after the end token (ChatML's newline) is not the caption's
+            caption = caption[:caption.index(eos) + 1]
+        if len(caption) > queries:
+            raise InputError(f"a caption of {len(caption)} tokens does not fit the {queries} word tokens; "
+                             "give the projector more queries or shorten the captions")
+        missing = [t for t in caption if t not in position]
+        if missing:
+            raise InputError(f"caption token {missing[0]} is not among the projector's words "
+                             "(abstractor_config.word_ids); build the model with the captions' words")
+        out[n, :len(caption)] = torch.tensor([position[t] for t in caption], dtype=torch.long)
+    with_image = ex.image_mask.any(-1)
+    return out, rows[with_image]
 
 
 def with_dummy_image(batch: dict, config) -> dict:

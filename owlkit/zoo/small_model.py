@@ -59,6 +59,10 @@ def abstractor_shape(config: dict) -> dict:
     a = config["abstractor_config"]
     if a.get("projector", "abstractor") == "linear":
         return {"projector": "linear"}
+    if a.get("projector") == "words":
+        return {"projector": "words", "word_ids": a["word_ids"], "num_queries": a["num_queries"],
+                "abstractor_layers": a["num_hidden_layers"], "abstractor_heads": a["num_attention_heads"],
+                "abstractor_intermediate_size": a["intermediate_size"]}
     return {"num_queries": a["num_queries"], "abstractor_layers": a["num_hidden_layers"],
             "abstractor_heads": a["num_attention_heads"], "abstractor_intermediate_size": a["intermediate_size"]}
 
@@ -98,7 +102,30 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = None, **options) -> Path:
+def _caption_ids(tokenizer, captions: Path) -> list[list[int]]:
+    texts = [json.loads(line)["caption"] for line in captions.read_text().splitlines() if line.strip()]
+    return [tokenizer.encode(text, add_special_tokens=False) for text in texts]
+
+
+def caption_word_ids(tokenizer, captions: Path) -> list[int]:
+    """The token ids of the captions in ``captions`` (a captions JSONL) and the end-of-sequence
+    token, sorted: the words a ``words`` projector of this world is made of."""
+    return sorted({tokenizer.eos_token_id}.union(*_caption_ids(tokenizer, captions)))
+
+
+def words_shape(captions: Path, tokenizer) -> dict:
+    """:func:`build_from_components` arguments of owl-small's word projector: owl-tiny's abstractor
+    shape, made of the words of ``captions``, with a query for every token of the longest caption
+    and its end token, rounded up to a multiple of 8 (the build's world: 57, so 64)."""
+    a = json.loads((TINY_ASSETS / "config.json").read_text())["abstractor_config"]
+    longest = max(map(len, _caption_ids(tokenizer, captions))) + 1
+    return {"projector": "words", "word_ids": caption_word_ids(tokenizer, captions), "num_queries": -(-longest // 8) * 8,
+            "abstractor_layers": a["num_hidden_layers"], "abstractor_heads": a["num_attention_heads"],
+            "abstractor_intermediate_size": a["intermediate_size"]}
+
+
+def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = None, *,
+                  words_of: Path | None = None, **options) -> Path:
     """SmolLM2 + owl-tiny's encoder and abstractor (a new output projection to SmolLM2's width),
     as an owlkit folder: the build's start.
 
@@ -107,8 +134,13 @@ def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = No
     (measured in docs/owl-small.md: a lower caption loss at every step than a new abstractor).
     ``short_answer_prompt`` goes into the config (what the model will be trained with);
     ``options`` go to :func:`build_from_components` (``modality_adaptive``, ``projector``: the
-    variants of docs/paper-claims.md; a linear projector starts new)."""
+    variants of docs/paper-claims.md; a linear projector starts new). With ``projector="words"``
+    the abstractor starts new as word tokens (:func:`words_shape`) of the captions ``words_of``."""
     llm = read_language_model(base_gguf())
+    if options.get("projector") == "words":
+        if words_of is None:
+            raise CheckpointError("a 'words' projector is made of the captions' words: give words_of (a captions file)")
+        options = {**options, **words_shape(words_of, llm.tokenizer())}
     source = TINY_ASSETS if options.get("projector", "abstractor") == "abstractor" else None
     model = build_from_components(llm, TINY_ASSETS, seed=seed, abstractor_from=source, **options)
     model.config.short_answer_prompt = short_answer_prompt
