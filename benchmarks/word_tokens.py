@@ -14,7 +14,9 @@ learns the world's captions; then the held-out world's one-image questions (`owl
 set) are answered through the tokens' argmax words: the caption parsed back into a scene and
 answered by the world's own answerer (as ``benchmarks/describe_then_answer.py`` does with a
 generated caption): what an LLM that reads the tokens as that caption could answer at best.
-Training cost: no LLM forward, a few minutes on 2 cores.
+Training cost: no LLM forward, a few minutes on 2 cores. (owl-small is now built this way: the
+``words`` projector and objective of the model and the training loop, docs/owl-small.md; this
+script keeps the measurement that led there, on precomputed features.)
 
 With ``--tune-steps N`` the model then reads those tokens (each query's softmax over the
 scored rows, mixing the rows: continuous, as a projector would give them) in place of its
