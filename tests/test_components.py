@@ -122,3 +122,12 @@ def test_a_trained_abstractor_starts_the_new_one(parts, tmp_path):
     (tmp_path / "donor" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="abstractor reads 2x2 patches of width 32; this encoder gives 4x4"):
         build_from_components(root / "llama", root / "clip", abstractor_from=tmp_path / "donor")
+
+
+def test_word_ids_belong_to_a_words_projector(parts):
+    root = parts[0]
+    model = build_from_components(root / "llama", root / "clip", num_queries=4, abstractor_layers=1,
+                                  projector="words", word_ids=[1, 5, 9])
+    assert model.config.abstractor_config.word_ids == [1, 5, 9] and model.word_rows().shape[0] == 3
+    with pytest.raises(CheckpointError, match="word_ids belong to a 'words' projector, not 'abstractor'"):
+        build_from_components(root / "llama", root / "clip", word_ids=[1, 5, 9])

@@ -59,12 +59,9 @@ def abstractor_shape(config: dict) -> dict:
     a = config["abstractor_config"]
     if a.get("projector", "abstractor") == "linear":
         return {"projector": "linear"}
-    if a.get("projector") == "words":
-        return {"projector": "words", "word_ids": a["word_ids"], "num_queries": a["num_queries"],
-                "abstractor_layers": a["num_hidden_layers"], "abstractor_heads": a["num_attention_heads"],
-                "abstractor_intermediate_size": a["intermediate_size"]}
-    return {"num_queries": a["num_queries"], "abstractor_layers": a["num_hidden_layers"],
-            "abstractor_heads": a["num_attention_heads"], "abstractor_intermediate_size": a["intermediate_size"]}
+    shape = {"num_queries": a["num_queries"], "abstractor_layers": a["num_hidden_layers"],
+             "abstractor_heads": a["num_attention_heads"], "abstractor_intermediate_size": a["intermediate_size"]}
+    return {**shape, "projector": "words", "word_ids": a["word_ids"]} if a.get("projector") == "words" else shape
 
 
 def log(message: str) -> None:
@@ -110,7 +107,11 @@ def _caption_ids(tokenizer, captions: Path) -> list[list[int]]:
 def caption_word_ids(tokenizer, captions: Path) -> list[int]:
     """The token ids of the captions in ``captions`` (a captions JSONL) and the end-of-sequence
     token, sorted: the words a ``words`` projector of this world is made of."""
-    return sorted({tokenizer.eos_token_id}.union(*_caption_ids(tokenizer, captions)))
+    return _words_of(tokenizer, _caption_ids(tokenizer, captions))
+
+
+def _words_of(tokenizer, ids: list[list[int]]) -> list[int]:
+    return sorted({tokenizer.eos_token_id}.union(*ids))
 
 
 def words_shape(captions: Path, tokenizer) -> dict:
@@ -118,8 +119,9 @@ def words_shape(captions: Path, tokenizer) -> dict:
     shape, made of the words of ``captions``, with a query for every token of the longest caption
     and its end token, rounded up to a multiple of 8 (the build's world: 57, so 64)."""
     a = json.loads((TINY_ASSETS / "config.json").read_text())["abstractor_config"]
-    longest = max(map(len, _caption_ids(tokenizer, captions))) + 1
-    return {"projector": "words", "word_ids": caption_word_ids(tokenizer, captions), "num_queries": -(-longest // 8) * 8,
+    ids = _caption_ids(tokenizer, captions)  # tokenised once: 6,000 captions
+    longest = max(map(len, ids)) + 1
+    return {"projector": "words", "word_ids": _words_of(tokenizer, ids), "num_queries": -(-longest // 8) * 8,
             "abstractor_layers": a["num_hidden_layers"], "abstractor_heads": a["num_attention_heads"],
             "abstractor_intermediate_size": a["intermediate_size"]}
 
