@@ -257,3 +257,57 @@ def test_distill_needs_lora(tmp_path):
     _, _, inputs = _distill_setup([1, 0])
     with pytest.raises(ConfigError, match="needs a LoRA run"):
         LossModule(tiny_model("test-owl2"))(**inputs, distill=torch.tensor([False, True]))
+
+
+def test_bf16_lora_run_stores_frozen_linears_in_bf16_with_the_same_numbers(tmp_path, monkeypatch):
+    """With bf16 autocast a LoRA run keeps its frozen products in bf16 (no cast of the whole model
+    a micro-batch); every loss and gradient norm equals a run whose weights stay fp32, and the
+    merged final model is fp32, merged into the base read back from disk."""
+    from owlkit import load_model
+    from owlkit.training import loop, train
+    from owlkit.training.setup import store_frozen_linears
+
+    def recipe(name):
+        return {
+            "model": {"preset": "test-owl2"},
+            "stage": "owl2_stage2",
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "data": {"sources": [{"type": "random", "num_samples": 16, "text_tokens": 10,
+                                  "images_per_sample": [1, 0]}]},
+            "optim": {"lr": 1e-2, "warmup_steps": 0},
+            "train": {"steps": 3, "micro_batch_size": 2, "grad_accum": 2, "threads": 1, "precision": "bf16"},
+            "checkpoint": {"every": 0, "keep": 1},
+            "log": {"progress": False, "every": 1},
+            "output_dir": str(tmp_path / name),
+        }
+
+    stored = []
+    monkeypatch.setattr(loop, "store_frozen_linears", lambda model, dtype: stored.append(store_frozen_linears(model, dtype)))
+    cast = train(recipe("cast"))
+    monkeypatch.setattr(loop, "store_frozen_linears", lambda model, dtype: 0)
+    plain = train(recipe("plain"))
+    assert stored and stored[0] > 0
+    assert [(r["loss"], r["grad_norm"]) for r in cast.history] == [(r["loss"], r["grad_norm"]) for r in plain.history]
+    final = load_model(cast.final_dir)
+    assert {p.dtype for p in final.parameters()} == {torch.float32}
+    for (k, a), b in zip(final.state_dict().items(), load_model(plain.final_dir).state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_store_frozen_linears_skips_trainable_and_tied_weights():
+    from torch import nn
+
+    from owlkit.training.setup import store_frozen_linears
+
+    embed = nn.Embedding(10, 4)
+    head = nn.Linear(4, 10, bias=False)
+    head.weight = embed.weight  # tied
+    frozen, trained = nn.Linear(4, 4), nn.Linear(4, 4)
+    for p in [*embed.parameters(), *frozen.parameters()]:
+        p.requires_grad_(False)
+    model = nn.ModuleList([embed, head, frozen, trained])
+    assert store_frozen_linears(model, torch.bfloat16) == 1
+    assert frozen.weight.dtype == frozen.bias.dtype == torch.bfloat16
+    assert head.weight.dtype == embed.weight.dtype == trained.weight.dtype == torch.float32
+    assert head.weight is embed.weight
+    assert store_frozen_linears(model, torch.bfloat16) == 0  # already stored

@@ -42,6 +42,7 @@ from owlkit.training.recipe import Recipe, dump_recipe, load_recipe
 from owlkit.training.resume import restore_optimizer, restore_weights, resume_point
 from owlkit.training.setup import (
     autocast_dtype,
+    store_frozen_linears,
     copy_processing_files,
     say,
     setup_data,
@@ -134,13 +135,15 @@ class Trainer:
                 say(info, f"warning: the checkpoint was written with a global batch of {state['global_batch']}, "
                           f"this run uses {self.global_batch}; the data order differs from an uninterrupted run")
         self.inner.to(info.device)
+        amp = autocast_dtype(t["precision"], info.device)
+        if amp is not None and self.lora is not None and self.mode != "fsdp2":
+            store_frozen_linears(self.inner, amp)
         self.loss_module = LossModule(self.inner, r["objective"])
         wrapped = D.wrap(self.loss_module, self.mode, info)
         self.optim = setup_optimizer(r, self.loss_module, self.config, self.total, info)
         if state is not None:
             restore_optimizer(wrapped, self.optim, start_ckpt, state, info)
             say(info, f"resumed from {start_ckpt} at step {self.start_step}")
-        amp = autocast_dtype(t["precision"], info.device)
         self.state = TrainState(
             info=info, mode=self.mode, config=self.config, wrapped=wrapped, optimizer=self.optim.optimizer,
             scheduler=self.optim.scheduler, trainable=self.optim.trainable, peak_group=self.optim.peak_group,

@@ -85,6 +85,31 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 # ---------------------------------------------------------------------------------------------
 
 
+def store_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
+    """Keep every frozen ``nn.Linear`` of a LoRA run in the autocast dtype; returns how many.
+
+    Under autocast each product casts its fp32 weight to bf16 on every forward (a copy of the
+    whole frozen model per micro-batch); a weight stored in bf16 gives the product the very
+    tensor that cast would have made, so every number is the same and the copies are gone. Only
+    for LoRA runs: their final model is merged into the base read back from disk, so the fp32
+    weights are never saved from memory. A weight shared with another module (tied
+    embeddings) keeps its dtype."""
+    shared: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            shared[id(param)] = shared.get(id(param), 0) + 1
+    count = 0
+    for module in model.modules():
+        if type(module) is not nn.Linear:
+            continue
+        params = list(module.parameters(recurse=False))
+        if any(p.requires_grad or shared[id(p)] > 1 or p.dtype == dtype for p in params):
+            continue
+        module.to(dtype)
+        count += 1
+    return count
+
+
 def build_model(recipe: Recipe, seed: int):
     """The model to train, in ``model.dtype``, on CPU."""
     spec = recipe["model"]
