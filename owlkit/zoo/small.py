@@ -356,14 +356,14 @@ def stage2_sources(stage1: Path, general: Path, instruct: Path, questions: Path 
                    described: Path | None = None, described_weight: float = 0.0,
                    recipe: str = "owl_small_stage2") -> list[str]:
     """Stage 2's overrides for its start and its data sources (``owl_small_stage2.yaml``): the
-    world's ``questions`` (default ``instruct``), the self-distilled text ``general`` and the
-    reading questions of ``instruct`` again; with ``described`` (:func:`described_instructions`)
+    world's ``questions`` (default ``instruct``), the self-distilled text ``general`` and, for
+    every further source of the recipe, ``instruct`` again (some of its tasks once more); with ``described`` (:func:`described_instructions`)
     also that source at ``described_weight``, the list then set as one value (an override sets
     an entry of a list; it cannot add one)."""
-    paths = [questions or instruct, general, instruct]
+    sources = load_recipe(RECIPE_DIR / f"{recipe}.yaml").to_dict()["data"]["sources"]
+    paths = [questions or instruct, general] + [instruct] * (len(sources) - 2)
     if described is None:
         return [f"model.init={stage1}", *(f"data.sources.{k}.path={p}" for k, p in enumerate(paths))]
-    sources = load_recipe(RECIPE_DIR / f"{recipe}.yaml").to_dict()["data"]["sources"]
     sources = [dict(source, path=str(p)) for source, p in zip(sources, paths, strict=True)]
     sources.append({"type": "llava", "path": str(described), "weight": described_weight})
     return [f"model.init={stage1}", "data.sources=" + json.dumps(sources)]
