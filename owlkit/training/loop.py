@@ -42,12 +42,12 @@ from owlkit.training.recipe import Recipe, dump_recipe, load_recipe
 from owlkit.training.resume import restore_optimizer, restore_weights, resume_point
 from owlkit.training.setup import (
     autocast_dtype,
-    store_frozen_linears,
     copy_processing_files,
     say,
     setup_data,
     setup_model,
     setup_optimizer,
+    store_frozen_linears,
 )
 from owlkit.training.sources import BatchSource
 from owlkit.training.step import StepFailed, StepStats, TrainState, train_step
