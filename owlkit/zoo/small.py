@@ -357,9 +357,9 @@ def stage2_sources(stage1: Path, general: Path, instruct: Path, questions: Path 
                    recipe: str = "owl_small_stage2") -> list[str]:
     """Stage 2's overrides for its start and its data sources (``owl_small_stage2.yaml``): the
     world's ``questions`` (default ``instruct``), the self-distilled text ``general`` and, for
-    every further source of the recipe, ``instruct`` again (some of its tasks once more); with ``described`` (:func:`described_instructions`)
-    also that source at ``described_weight``, the list then set as one value (an override sets
-    an entry of a list; it cannot add one)."""
+    every further source of the recipe, ``instruct`` again (some of its tasks once more); with
+    ``described`` (:func:`described_instructions`) also that source at ``described_weight``, the
+    list then set as one value (an override sets an entry of a list; it cannot add one)."""
     sources = load_recipe(RECIPE_DIR / f"{recipe}.yaml").to_dict()["data"]["sources"]
     paths = [questions or instruct, general] + [instruct] * (len(sources) - 2)
     if described is None:

@@ -118,12 +118,10 @@ def words_shape(captions: Path, tokenizer) -> dict:
     """:func:`build_from_components` arguments of owl-small's word projector: owl-tiny's abstractor
     shape, made of the words of ``captions``, with a query for every token of the longest caption
     and its end token, rounded up to a multiple of 8 (the build's world: 57, so 64)."""
-    a = json.loads((TINY_ASSETS / "config.json").read_text())["abstractor_config"]
     ids = _caption_ids(tokenizer, captions)  # tokenised once: 6,000 captions
     longest = max(map(len, ids)) + 1
-    return {"projector": "words", "word_ids": _words_of(tokenizer, ids), "num_queries": -(-longest // 8) * 8,
-            "abstractor_layers": a["num_hidden_layers"], "abstractor_heads": a["num_attention_heads"],
-            "abstractor_intermediate_size": a["intermediate_size"]}
+    tiny = abstractor_shape(json.loads((TINY_ASSETS / "config.json").read_text()))
+    return {**tiny, "projector": "words", "word_ids": _words_of(tokenizer, ids), "num_queries": -(-longest // 8) * 8}
 
 
 def assemble_base(out: Path, seed: int = 0, short_answer_prompt: str | None = None, *,
